@@ -1,0 +1,113 @@
+"""The one dataset type every part of edgeattack exchanges: float32 NCHW images in [0,1], int64 labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeattack.errors import DataError
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Images and labels held in memory, with where they came from.
+
+    `indices` are the positions of each image in its split (what per-image perturbation artifacts
+    refer to); `name`, `split` and `seed` identify the split so an artifact can be checked against it.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    name: str
+    split: str
+    seed: int = 0
+    indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        images = np.ascontiguousarray(self.images, dtype=np.float32)
+        labels = np.asarray(self.labels, dtype=np.int64)
+        if images.ndim != 4:
+            raise DataError(f"{self.name}: images must be NCHW (4 dimensions), got shape {images.shape}")
+        if labels.shape != (images.shape[0],):
+            raise DataError(
+                f"{self.name}: {images.shape[0]} images but labels of shape {labels.shape}"
+            )
+        check_images(images, what=f"dataset {self.name}:{self.split}")
+        indices = np.asarray(self.indices, dtype=np.int64)
+        if indices.size == 0:
+            indices = np.arange(images.shape[0], dtype=np.int64)
+        if indices.shape != labels.shape:
+            raise DataError(f"{self.name}: indices of shape {indices.shape} for {labels.shape[0]} images")
+        object.__setattr__(self, "images", images)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "indices", indices)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.class_names else int(self.labels.max(initial=-1)) + 1
+
+    @property
+    def spec(self) -> str:
+        """A short identifier, `name:split`, as written into artifacts and results."""
+        return f"{self.name}:{self.split}"
+
+    def subset(self, positions: Sequence[int] | np.ndarray) -> ImageDataset:
+        """The images at `positions` (positions in this object, not dataset indices)."""
+        pos = np.asarray(positions, dtype=np.int64)
+        return ImageDataset(
+            images=self.images[pos],
+            labels=self.labels[pos],
+            name=self.name,
+            split=self.split,
+            seed=self.seed,
+            indices=self.indices[pos],
+            class_names=self.class_names,
+        )
+
+    def take(self, limit: int | None) -> ImageDataset:
+        """The first `limit` images (all of them when `limit` is None)."""
+        if limit is None or limit >= len(self):
+            return self
+        if limit <= 0:
+            raise DataError(f"limit must be positive, got {limit}")
+        return self.subset(np.arange(limit))
+
+    def positions_of(self, indices: np.ndarray) -> np.ndarray:
+        """Positions in this object of the given dataset indices; a DataError names any missing one."""
+        lookup = {int(i): p for p, i in enumerate(self.indices)}
+        missing = [int(i) for i in indices if int(i) not in lookup]
+        if missing:
+            raise DataError(
+                f"{len(missing)} dataset indices are not in {self.spec} (first: {missing[:5]})"
+            )
+        return np.fromiter((lookup[int(i)] for i in indices), dtype=np.int64, count=len(indices))
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(images, labels) in order, `batch_size` at a time."""
+        if batch_size <= 0:
+            raise DataError(f"batch size must be positive, got {batch_size}")
+        for start in range(0, len(self), batch_size):
+            yield self.images[start : start + batch_size], self.labels[start : start + batch_size]
+
+
+def check_images(images: np.ndarray, *, what: str = "images", bounds: tuple[float, float] = (0.0, 1.0)) -> None:
+    """Raise DataError unless `images` are finite and within `bounds`."""
+    if images.size == 0:
+        return
+    if not np.isfinite(images).all():
+        bad = int((~np.isfinite(images)).sum())
+        raise DataError(f"{what}: {bad} values are NaN or infinite")
+    low, high = float(images.min()), float(images.max())
+    if low < bounds[0] - 1e-6 or high > bounds[1] + 1e-6:
+        raise DataError(f"{what}: values span [{low:.4g}, {high:.4g}], outside the bounds {list(bounds)}")

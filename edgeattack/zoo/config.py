@@ -1,0 +1,31 @@
+"""Typed model configs: how a model wants its inputs, and what its outputs mean (no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A zoo model's input contract (timm's PretrainedCfg, trimmed to what edgeattack uses).
+
+    Images enter every model as float32 NCHW in `bounds`; `mean`/`std` are applied inside it.
+    """
+
+    input_size: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    bounds: tuple[float, float] = (0.0, 1.0)
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    labels: tuple[str, ...] = field(default=())
+    family: str = "original"
+    dataset: str = "imagenet"
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.labels or tuple(str(i) for i in range(self.num_classes))

@@ -1,0 +1,143 @@
+"""`create_model`: a zoo name -> a torch module that takes [0,1] images and normalises inside.
+
+Weights come from, in order: an explicit `checkpoint` (safetensors, or `.pth` read with
+`weights_only=True`), the package's shipped safetensors, or timm's pretrained download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from edgeattack._io import sha256_file
+from edgeattack._lazy import require
+from edgeattack.errors import EdgeAttackError
+from edgeattack.zoo.config import ModelConfig
+from edgeattack.zoo.manifest import shipped_weights
+from edgeattack.zoo.registry import get_entry
+
+logger = logging.getLogger(__name__)
+
+torch = require("torch", feature="the PyTorch zoo")
+nn = torch.nn
+
+
+class ZooModel(nn.Module):
+    """A classifier over [0,1] images: `net((x - mean) / std)`, with its config and provenance."""
+
+    def __init__(self, net: Any, config: ModelConfig, name: str, weights_sha256: str = "") -> None:
+        super().__init__()
+        self.net = net
+        self.config = config
+        self.model_name = name
+        self.weights_sha256 = weights_sha256
+        channels = config.input_size[0]
+        self.register_buffer("mean", torch.tensor(config.mean[:channels]).view(1, channels, 1, 1))
+        self.register_buffer("std", torch.tensor(config.std[:channels]).view(1, channels, 1, 1))
+
+    def forward(self, images: Any) -> Any:
+        return self.net((images - self.mean) / self.std)
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: bool | None = None,
+    checkpoint: str | Path | None = None,
+    **overrides: Any,
+) -> ZooModel:
+    """Build zoo model `name` in eval mode.
+
+    `pretrained=None` means: shipped weights when the package has them, random weights otherwise.
+    `pretrained=True` for a timm name downloads timm's weights (fails offline with a clear error).
+    """
+    entry = get_entry(name)
+    builder = entry.load_target()
+    want_timm_download = bool(pretrained) and not entry.shipped and checkpoint is None
+    kwargs = dict(overrides)
+    if want_timm_download:
+        kwargs["pretrained"] = True
+    try:
+        net = builder(name, entry.config, **kwargs)
+    except EdgeAttackError:
+        raise
+    except Exception as exc:
+        if want_timm_download:
+            raise EdgeAttackError(
+                f"cannot fetch pretrained weights for {name} ({type(exc).__name__}: {str(exc)[:200]}); "
+                "offline, pass --checkpoint with a local safetensors/.pth file"
+            ) from exc
+        raise
+    model = ZooModel(net, entry.config, name)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    elif entry.shipped and pretrained is not False:
+        found = shipped_weights(name)
+        if found is None:
+            logger.warning("no shipped weights for %s yet: using random weights", name)
+        else:
+            load_checkpoint(model, found[0])
+    if not model.weights_sha256:
+        model.weights_sha256 = state_dict_sha256(model)
+    return model.eval()
+
+
+def read_state_dict(path: str | Path) -> dict[str, Any]:
+    """Tensors of a checkpoint file, loaded without executing pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeAttackError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        safetensors_torch = require("safetensors.torch", feature="safetensors checkpoints")
+        try:
+            return dict(safetensors_torch.load_file(str(path)))
+        except Exception as exc:
+            raise EdgeAttackError(f"checkpoint {path} is not a valid safetensors file: {exc}") from exc
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EdgeAttackError(
+            f"cannot load checkpoint {path} with weights_only=True (corrupt, or it holds pickled objects): "
+            f"{str(exc).splitlines()[0][:200]}"
+        ) from exc
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise EdgeAttackError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_checkpoint(model: ZooModel, path: str | Path) -> ZooModel:
+    """Load a checkpoint into `model`: keys of the whole ZooModel ("net." prefixed) or of the bare net."""
+    state = read_state_dict(path)
+    if any(key.startswith("net.") for key in state):
+        target, state = model, {k: v for k, v in state.items()}
+        state.setdefault("mean", model.mean)
+        state.setdefault("std", model.std)
+    else:
+        target = model.net
+    result = target.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise EdgeAttackError(
+            f"checkpoint {path} does not fit {model.model_name}: "
+            f"missing {list(result.missing_keys)[:5]}, unexpected {list(result.unexpected_keys)[:5]}"
+        )
+    model.weights_sha256 = sha256_file(path)
+    return model
+
+
+def state_dict_sha256(model: Any) -> str:
+    """sha256 over a module's tensors in key order (identifies random or in-memory weights)."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def count_parameters(model: Any) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
