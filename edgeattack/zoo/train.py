@@ -121,7 +121,7 @@ def train_model(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            running += float(loss) * len(batch)
+            running += float(loss.detach()) * len(batch)
         report.train_loss.append(running / len(train))
         acc = evaluate_accuracy(model, val) if val is not None else None
         if acc is not None:

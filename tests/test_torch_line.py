@@ -1,0 +1,184 @@
+"""The torch line (DESIGN.md): the evaluation side imports and runs where torch cannot be imported.
+
+A child Python process gets a directory at the front of its PYTHONPATH whose `torch`, `timm`,
+`tensorrt` (and the other torch-extra packages a device install lacks) raise ImportError on
+import. `run_without_torch` is the helper to run anything in such a process, e.g.
+
+    run_without_torch(["-m", "edgeattack.cli.app", "--help"], blocker_dir)
+    run_without_torch(["-c", "import edgeattack.evaluate"], blocker_dir)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Packages a device install (`pip install edgeattack[cpu]`) does not have: the `torch` extra and TensorRT.
+BLOCKED_MODULES = ("torch", "torchvision", "timm", "tensorrt", "safetensors", "onnx", "onnxscript")
+
+TORCH_FREE_MODULES = (
+    "edgeattack",
+    "edgeattack.engines",
+    "edgeattack.engines.onnxruntime_engine",
+    "edgeattack.metrics",
+    "edgeattack.evaluate",
+    "edgeattack.results",
+    "edgeattack.artifacts",
+    "edgeattack.data",
+    "edgeattack.attacks",
+    "edgeattack.export",
+)
+
+
+def make_blocker_dir(root: Path, modules: tuple[str, ...] = BLOCKED_MODULES) -> Path:
+    """A directory of packages named `modules` whose import raises ImportError; returns it."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in modules:
+        package = root / name
+        package.mkdir(exist_ok=True)
+        (package / "__init__.py").write_text(
+            f'raise ImportError("{name} is blocked: this process checks the torch line")\n'
+        )
+    return root
+
+
+def run_without_torch(
+    args: list[str],
+    blocker_dir: Path,
+    *,
+    cwd: Path | None = None,
+    timeout: float = 180,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `python *args` with the blocked packages shadowing the real ones; output captured as text.
+
+    The repository root follows the blocker directory on PYTHONPATH, so the checkout is imported
+    even where it is not pip-installed.
+    """
+    child_env = dict(os.environ)
+    child_env.update(env or {})
+    paths = [str(blocker_dir), str(REPO_ROOT)]
+    if child_env.get("PYTHONPATH"):
+        paths.append(child_env["PYTHONPATH"])
+    child_env["PYTHONPATH"] = os.pathsep.join(paths)
+    return subprocess.run(
+        [sys.executable, *args],
+        check=False,
+        cwd=str(cwd or blocker_dir.parent),
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_python_without_torch(code: str, blocker_dir: Path, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run a Python snippet without torch; fails the test with the child's output if it exits non-zero."""
+    completed = run_without_torch(["-c", textwrap.dedent(code)], blocker_dir, **kwargs)
+    assert completed.returncode == 0, f"child failed:\n{completed.stdout}\n{completed.stderr}"
+    return completed
+
+
+@pytest.fixture(scope="module")
+def blocker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_blocker_dir(tmp_path_factory.mktemp("torchless") / "blocked")
+
+
+def test_blocker_really_blocks(blocker_dir):
+    completed = run_without_torch(["-c", "import torch"], blocker_dir)
+    assert completed.returncode != 0 and "blocked" in completed.stderr
+
+
+def test_evaluation_side_imports_without_torch(blocker_dir):
+    code = f"""
+        import importlib, sys
+        for name in {TORCH_FREE_MODULES!r}:
+            importlib.import_module(name)
+        loaded = sorted(m for m in {BLOCKED_MODULES!r} if m in sys.modules)
+        assert not loaded, f"imported: {{loaded}}"
+        print("ok")
+    """
+    assert run_python_without_torch(code, blocker_dir).stdout.strip() == "ok"
+
+
+def _export_onnx(path: Path) -> Path:
+    """vit_tiny_digits as ONNX with edgeattack metadata, exported by this (torch-having) process."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    from edgeattack.engines.torch_engine import metadata_for_model
+    from edgeattack.zoo import create_model
+
+    model = create_model("vit_tiny_digits").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.rand(2, *model.config.input_size),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key = "edgeattack"
+    entry.value = metadata_for_model(model).to_json()
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_evaluate_end_to_end_without_torch(blocker_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from edgeattack.artifacts import ArtifactMeta, PerturbationArtifact
+    from edgeattack.data import load_dataset
+
+    onnx_path = _export_onnx(tmp_path / "vit_tiny_digits.onnx")
+    dataset = load_dataset("digits", split="test", limit=12)
+    meta = ArtifactMeta(
+        kind="universal",
+        method="random",
+        norm="linf",
+        eps=8 / 255,
+        input_size=(3, 32, 32),
+        dataset="digits",
+        split="train",
+        seed=0,
+    )
+    delta = np.random.default_rng(0).uniform(-8 / 255, 8 / 255, (1, 3, 32, 32)).astype(np.float32)
+    artifact = PerturbationArtifact(delta=delta, meta=meta).save(tmp_path / "uap.npz")
+    out = tmp_path / "result.json"
+
+    code = f"""
+        import sys, warnings
+        warnings.simplefilter("ignore")
+        from edgeattack.data import load_dataset
+        from edgeattack.evaluate import evaluate
+        from edgeattack.results import load
+
+        dataset = load_dataset("digits", split="test", limit=12)
+        result = evaluate({str(onnx_path)!r}, dataset, [{str(artifact)!r}], batch_size=4,
+                          latency_runs=2, latency_seconds=0.01)
+        path = result.save({str(out)!r})
+        assert load(path).to_dict() == result.to_dict()
+        assert "torch" not in sys.modules, "evaluate imported torch"
+        print(path)
+    """
+    completed = run_python_without_torch(code, blocker_dir)
+    assert Path(completed.stdout.strip()) == out
+    doc = json.loads(out.read_text())
+    assert doc["dataset"]["n_images"] == len(dataset) == 12
+    assert doc["perturbations"][0]["images_evaluated"] == 12
+    assert doc["latency"]["batch_size"] == 4
+    assert doc["engine"]["backend"] == "onnxruntime"
