@@ -1,0 +1,5 @@
+"""`python -m edgeattack` runs the CLI."""
+
+from edgeattack.cli.app import main
+
+main()

@@ -1,0 +1,59 @@
+"""The `edgeattack` command. Commands are thin: they parse options and call library functions.
+
+Heavy modules (torch, onnxruntime) are imported inside the commands, so `edgeattack --help` and the
+evaluation commands work on a board without torch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgeattack import __version__
+from edgeattack.cli import attack, demo, evaluate, export, models, train
+from edgeattack.cli.options import CliState, configure_logging
+
+app = typer.Typer(
+    name="edgeattack",
+    help="Evaluate compressed Vision Transformers as deployed: export, attack, replay, measure.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgeattack {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each step does.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """edgeattack: compressed ViTs under attack, measured on the engines you deploy."""
+    CliState.debug = debug
+    configure_logging(verbose)
+
+
+app.command("models")(models.models_command)
+app.command("train")(train.train_command)
+app.command("export")(export.export_command)
+app.command("attack")(attack.attack_command)
+app.command("evaluate")(evaluate.evaluate_command)
+app.command("demo")(demo.demo_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""`edgeattack demo`: the whole pipeline on the embedded default (shipped model, digits), no download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgeattack.cli.options import handle_errors, progress_bar
+
+
+@handle_errors
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for engines, artifacts, results, summary.")] = Path(
+        "edgeattack-demo"
+    ),
+    limit: Annotated[int | None, typer.Option("--limit", "-n", help="Evaluate on the first N test images.", min=1)] = None,
+    latency_seconds: Annotated[float, typer.Option(help="Minimum seconds of each latency measurement.", min=0.0)] = 1.0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.", min=1)] = None,
+) -> None:
+    """Export fp32/int8 engines, craft PGD and UAP on fp32 and on the int8 twin, replay all on all engines."""
+    from edgeattack.demo import DemoConfig, run_demo
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    config = DemoConfig(limit=limit, latency_seconds=latency_seconds)
+    with progress_bar("demo", total=len(config.stages())) as advance:
+        summary = run_demo(out, config, stage=lambda _name: advance(1))
+    assert summary.markdown_path is not None
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(summary.markdown_path.read_text()))
+    typer.echo(f"summary: {summary.markdown_path}")

@@ -1,0 +1,183 @@
+"""The CLI through typer's CliRunner: every command on the embedded default, and bad inputs.
+
+Bad inputs must give one line on stderr (no traceback unless --debug) and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgeattack.cli.app import app
+from test_torch_line import make_blocker_dir, run_without_torch
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def fp32_engine(work: Path) -> Path:
+    out = work / "fp32.onnx"
+    result = invoke("export", "vit_tiny_digits", "-o", out, "--parity-images", "64")
+    assert result.exit_code == 0, result.output
+    assert "top-1 agreement" in result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def qdq_engine(work: Path) -> Path:
+    out = work / "int8.onnx"
+    result = invoke(
+        "export", "vit_tiny_digits", "-o", out, "--precision", "int8", "--calib-images", "32", "--parity-images", "64"
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def pgd_artifact(work: Path) -> Path:
+    out = work / "pgd.npz"
+    result = invoke(
+        "attack", "--method", "pgd", "--eps", "8/255", "--steps", "3", "--step-size", "3/255", "--limit", "32", "-o", out
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_help_lists_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("models", "train", "export", "attack", "evaluate", "demo"):
+        assert command in result.output
+
+
+def test_models_lists_the_shipped_model():
+    result = invoke("models")
+    assert result.exit_code == 0
+    assert "vit_tiny_digits" in result.output and "deit_small_patch16_224" in result.output
+
+
+def test_evaluate_replays_an_artifact_and_writes_json(fp32_engine: Path, pgd_artifact: Path, work: Path):
+    out = work / "results"
+    result = invoke(
+        "evaluate", "--engine", fp32_engine, "-p", pgd_artifact, "--limit", "32", "--no-latency", "-o", out
+    )
+    assert result.exit_code == 0, result.output
+    assert "asr" in result.output and "fooling_rate" in result.output
+    written = sorted(out.glob("*.json"))
+    assert len(written) == 1
+    doc = json.loads(written[0].read_text())
+    assert doc["schema_version"] == 1 and doc["dataset"]["n_images"] == 32
+    assert doc["perturbations"][0]["method"] == "pgd"
+    again = invoke("evaluate", "--engine", fp32_engine, "--limit", "8", "--no-latency", "-o", out)
+    assert again.exit_code == 0
+    assert len(list(out.glob("*.json"))) == 2, "a second result must not overwrite the first"
+
+
+def test_attack_on_the_int8_side_through_its_twin(qdq_engine: Path, work: Path):
+    out = work / "fgsm-int8.npz"
+    result = invoke("attack", "--model", qdq_engine, "--method", "fgsm", "--eps", "8/255", "--limit", "16", "-o", out)
+    assert result.exit_code == 0, result.output
+    meta = json.loads(str(np.load(out, allow_pickle=False)["meta"][()]))
+    assert meta["sources"][0]["model"].endswith("+fakequant")
+
+
+def test_uap_fitted_on_val_replays_on_test(fp32_engine: Path, work: Path):
+    out = work / "uap.npz"
+    fit = invoke(
+        "attack", "--method", "uap-sgd", "--split", "val", "--eps", "16/255", "--param", "epochs=2", "-o", out
+    )
+    assert fit.exit_code == 0, fit.output
+    result = invoke("evaluate", "--engine", fp32_engine, "-p", out, "--split", "test", "--no-latency", "-o", work / "r2")
+    assert result.exit_code == 0, result.output
+
+
+def test_missing_engine_file(work: Path):
+    assert_one_line_error(invoke("evaluate", "--engine", work / "nope.onnx"), "does not exist")
+
+
+def test_corrupt_engine_file(work: Path):
+    bad = work / "corrupt.onnx"
+    bad.write_bytes(b"\x08\x07 this is not a protobuf" * 10)
+    assert_one_line_error(invoke("evaluate", "--engine", bad, "--no-latency"), "cannot load ONNX engine")
+
+
+def test_engine_input_size_differs_from_data():
+    result = invoke("evaluate", "--engine", "deit_tiny_patch16_224", "--limit", "4", "--no-latency")
+    assert_one_line_error(result, "(3, 224, 224)", "(3, 32, 32)")
+
+
+def test_artifact_for_another_input_size(fp32_engine: Path, work: Path):
+    from edgeattack.artifacts import ArtifactMeta, PerturbationArtifact
+
+    meta = ArtifactMeta(kind="universal", method="x", norm="linf", eps=0.1, input_size=(3, 16, 16),
+                        dataset="digits", split="val", seed=0)
+    path = PerturbationArtifact(np.zeros((1, 3, 16, 16), np.float32), meta).save(work / "small.npz")
+    assert_one_line_error(invoke("evaluate", "--engine", fp32_engine, "-p", path, "--no-latency"), "(3, 16, 16)")
+
+
+def test_pickle_bearing_npz_is_refused(fp32_engine: Path, work: Path):
+    path = work / "pickle.npz"
+    np.savez(path, delta=np.zeros((1, 3, 32, 32), np.float32), meta=np.array([{"evil": 1}], dtype=object))
+    assert_one_line_error(invoke("evaluate", "--engine", fp32_engine, "-p", path, "--no-latency"), "pickle")
+
+
+def test_nan_artifact_is_refused(fp32_engine: Path, work: Path, pgd_artifact: Path):
+    with np.load(pgd_artifact, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    arrays["delta"][0, 0, 0, 0] = np.nan
+    path = work / "nan.npz"
+    np.savez(path, **arrays)
+    assert_one_line_error(invoke("evaluate", "--engine", fp32_engine, "-p", path, "--no-latency"), "NaN")
+
+
+def test_unknown_model_name_suggests_close_names(work: Path):
+    result = invoke("export", "vit_tiny_digit", "-o", work / "x.onnx")
+    assert_one_line_error(result, "unknown model", "did you mean", "vit_tiny_digits")
+
+
+def test_unknown_provider(fp32_engine: Path):
+    result = invoke("evaluate", "--engine", fp32_engine, "--provider", "quantum")
+    assert_one_line_error(result, "unknown or unavailable ONNX Runtime provider", "CPUExecutionProvider")
+
+
+def test_unknown_attack_lists_valid_ones(work: Path):
+    result = invoke("attack", "--method", "pgdd", "-o", work / "a.npz")
+    assert_one_line_error(result, "unknown white-box attack", "pgd")
+
+
+def test_debug_shows_the_traceback(work: Path):
+    with pytest.raises(Exception, match="does not exist"):
+        runner.invoke(app, ["--debug", "evaluate", "--engine", str(work / "nope.onnx")], catch_exceptions=False)
+
+
+def test_cli_evaluates_onnx_without_torch(fp32_engine: Path, pgd_artifact: Path, work: Path):
+    blocker = make_blocker_dir(work / "blocked")
+    helped = run_without_torch(["-m", "edgeattack", "--help"], blocker)
+    assert helped.returncode == 0, helped.stderr
+    completed = run_without_torch(
+        ["-m", "edgeattack", "evaluate", "--engine", str(fp32_engine), "-p", str(pgd_artifact),
+         "--limit", "32", "--latency-seconds", "0.2", "-o", str(work / "torchless")],
+        blocker,
+    )
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    assert list((work / "torchless").glob("*.json"))
