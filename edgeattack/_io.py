@@ -25,6 +25,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -40,6 +41,12 @@ def atomic_write_json(path: str | os.PathLike[str], document: Any) -> Path:
     """Atomically write a JSON document (indented, keys in insertion order, NaN refused)."""
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def no_overwrite_path(path: str | os.PathLike[str]) -> Path:
