@@ -225,6 +225,8 @@ class PerturbationArtifact:
         path = Path(path)
         if not path.is_file():
             raise ArtifactError(f"perturbation artifact {path} does not exist")
+        if not zipfile.is_zipfile(path):
+            raise ArtifactError(f"{path} is corrupt or not an .npz file (not a zip archive)")
         try:
             with np.load(path, allow_pickle=False) as archive:
                 names = set(archive.files)

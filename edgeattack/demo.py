@@ -74,6 +74,7 @@ class DemoSummary:
     results: dict[str, str] = field(default_factory=dict)
     matrix: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     clean: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage_s: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     markdown_path: Path | None = None
 
@@ -87,6 +88,7 @@ class DemoSummary:
             "results": self.results,
             "clean": self.clean,
             "transfer_matrix": self.matrix,
+            "stage_s": self.stage_s,
             "wall_s": self.wall_s,
         }
 
@@ -100,13 +102,21 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, stage: St
     from edgeattack.zoo.factory import create_model
 
     config = config or DemoConfig()
-    done = stage or (lambda _name: None)
     start = time.perf_counter()
+    summary = DemoSummary(out_dir=Path(out_dir))
+    last = [start]
+
+    def done(name: str) -> None:
+        now = time.perf_counter()
+        summary.stage_s[name] = round(now - last[0], 3)
+        last[0] = now
+        logger.info("demo: %s (%.1f s)", name, summary.stage_s[name])
+        if stage is not None:
+            stage(name)
+
     out = Path(out_dir)
     for sub in ("engines", "artifacts", "results"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    summary = DemoSummary(out_dir=out)
-
     model = create_model(config.model)
     test = load_digits_dataset(config.eval_split, seed=config.seed).take(config.limit)
     fit = load_digits_dataset(config.fit_split, seed=config.seed)
@@ -196,7 +206,9 @@ def render_markdown(summary: DemoSummary, config: DemoConfig) -> str:
     lines = [
         f"# edgeattack demo: {config.model} on digits:{config.eval_split}",
         "",
-        f"Wall time {summary.wall_s:.0f} s. PGD: L-inf eps {config.pgd_eps * 255:.0f}/255, {config.pgd_steps} steps, "
+        f"Wall time {summary.wall_s:.0f} s ("
+        + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary.stage_s.items())
+        + f"). PGD: L-inf eps {config.pgd_eps * 255:.0f}/255, {config.pgd_steps} steps, "
         f"step {config.pgd_step_size * 255:.0f}/255, per image on {config.eval_split}. UAP (SGD/Adam): L-inf eps "
         f"{config.uap_eps * 255:.0f}/255, fitted on {config.fit_split}, evaluated on {config.eval_split}.",
         "",
@@ -209,12 +221,16 @@ def render_markdown(summary: DemoSummary, config: DemoConfig) -> str:
         clean = summary.clean[name]
         parity = summary.parity.get(name, {})
         size = clean.get("model_size_mb")
+        size_text = "-" if size is None else f"{size:.2f}"
+        top1 = f"{parity['top1_agreement']:.4f}" if parity else "-"
+        dlogit = f"{parity['max_abs_logit_diff']:.3g}" if parity else "-"
+        latency = clean.get("latency_median_ms")
+        latency_text = "-" if latency is None else f"{latency:.2f} (batch {clean.get('latency_batch_size')})"
+        throughput = clean.get("throughput_ips")
+        throughput_text = "-" if throughput is None else f"{throughput:.0f}"
         lines.append(
-            f"| {name} | {_pct(clean.get('clean_acc'))} | {'-' if size is None else f'{size:.2f}'} "
-            f"| {clean.get('latency_median_ms', float('nan')):.2f} (batch {clean.get('latency_batch_size', '-')}) "
-            f"| {clean.get('throughput_ips', float('nan')):.0f} "
-            f"| {parity.get('top1_agreement', '-') if not parity else f'{parity['top1_agreement']:.4f}'} "
-            f"| {'-' if not parity else f'{parity['max_abs_logit_diff']:.3g}'} |"
+            f"| {name} | {_pct(clean.get('clean_acc'))} | {size_text} | {latency_text} | {throughput_text} "
+            f"| {top1} | {dlogit} |"
         )
     agreement = summary.twin_agreement
     if agreement:
