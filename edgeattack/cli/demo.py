@@ -17,6 +17,8 @@ def demo_command(
     ),
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="Evaluate on the first N test images.", min=1)] = None,
     latency_seconds: Annotated[float, typer.Option(help="Minimum seconds of each latency measurement.", min=0.0)] = 1.0,
+    pgd_steps: Annotated[int, typer.Option(help="PGD iterations.", min=1)] = 10,
+    uap_epochs: Annotated[int, typer.Option(help="Epochs of the UAP (SGD/Adam) fit on the val split.", min=1)] = 20,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.", min=1)] = None,
 ) -> None:
     """Export fp32/int8 engines, craft PGD and UAP on fp32 and on the int8 twin, replay all on all engines."""
@@ -26,7 +28,7 @@ def demo_command(
         import torch
 
         torch.set_num_threads(threads)
-    config = DemoConfig(limit=limit, latency_seconds=latency_seconds)
+    config = DemoConfig(limit=limit, latency_seconds=latency_seconds, pgd_steps=pgd_steps, uap_epochs=uap_epochs)
     with progress_bar("demo", total=len(config.stages())) as advance:
         summary = run_demo(out, config, stage=lambda _name: advance(1))
     assert summary.markdown_path is not None
