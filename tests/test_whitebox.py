@@ -30,7 +30,7 @@ from edgeattack.attacks.whitebox import (
     WhiteBoxAttack,
     make_attack,
 )
-from edgeattack.attacks.whitebox.base import AttackModel
+from edgeattack.attacks.whitebox.model import AttackModel
 from edgeattack.attacks.whitebox.uap import deepfool
 from edgeattack.data import load_digits_dataset
 from edgeattack.errors import ArtifactError, ConfigError, DataError

@@ -12,16 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeattack.attacks.whitebox.base import (
-    AttackModel,
-    AttackOutput,
-    RunResult,
-    UniversalAttack,
-    UniversalOutput,
-    WhiteBoxAttack,
-    attack_mode,
-)
+from edgeattack.attacks.whitebox.base import UniversalAttack, WhiteBoxAttack
 from edgeattack.attacks.whitebox.gradient import FGSM, L2PGD, MIFGSM, PGD, LinfPGD
+from edgeattack.attacks.whitebox.model import AttackModel, attack_mode
+from edgeattack.attacks.whitebox.outputs import AttackOutput, RunResult, UniversalOutput
 from edgeattack.attacks.whitebox.uap import UAPSGD, UAPDeepFool, deepfool
 from edgeattack.errors import ConfigError, did_you_mean
 

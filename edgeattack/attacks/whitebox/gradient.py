@@ -17,18 +17,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgeattack.attacks.whitebox.base import (
-    AttackModel,
-    RunResult,
-    Tensor,
-    WhiteBoxAttack,
-    choice,
-    per_image_norm,
-    positive_float,
-    positive_int,
-    project,
-    torch,
-)
+from edgeattack.attacks.whitebox.base import WhiteBoxAttack
+from edgeattack.attacks.whitebox.model import AttackModel, Tensor, torch
+from edgeattack.attacks.whitebox.norms import per_image_norm, project
+from edgeattack.attacks.whitebox.outputs import RunResult
+from edgeattack.attacks.whitebox.validation import choice, positive_float, positive_int
 
 LOSSES = ("ce", "margin")
 

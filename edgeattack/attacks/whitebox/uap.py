@@ -23,17 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeattack.attacks.whitebox.base import (
-    NORMS,
-    AttackModel,
-    Tensor,
-    UniversalAttack,
-    choice,
-    positive_float,
-    positive_int,
-    project,
-    torch,
-)
+from edgeattack.attacks.whitebox.base import UniversalAttack
+from edgeattack.attacks.whitebox.model import AttackModel, Tensor, torch
+from edgeattack.attacks.whitebox.norms import NORMS, project
+from edgeattack.attacks.whitebox.validation import choice, positive_float, positive_int
 from edgeattack.errors import ConfigError
 
 logger = logging.getLogger(__name__)
