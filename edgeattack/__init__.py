@@ -14,12 +14,11 @@ from edgeattack.errors import (
     DataError,
     EdgeAttackError,
     EngineError,
-    ModelNotFoundError,
     MissingDependencyError,
+    ModelNotFoundError,
 )
 
 __all__ = [
-    "__version__",
     "ArtifactError",
     "ConfigError",
     "DataError",
@@ -27,4 +26,5 @@ __all__ = [
     "EngineError",
     "MissingDependencyError",
     "ModelNotFoundError",
+    "__version__",
 ]

@@ -198,7 +198,7 @@ class PerturbationArtifact:
         """Boolean mask: which dataset indices this artifact can be applied to."""
         if self.meta.kind != "per_image":
             return np.ones(len(indices), dtype=bool)
-        known = set(int(i) for i in self.indices)
+        known = {int(i) for i in self.indices}
         return np.fromiter((int(i) in known for i in indices), dtype=bool, count=len(indices))
 
     def save(self, path: str | Path) -> Path:

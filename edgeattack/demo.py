@@ -169,7 +169,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, stage: St
                 latency_batch_size=result.latency.batch_size,
             )
         summary.clean[engine_name]["model_size_mb"] = result.model_size.file_size_mb
-        for artifact_name, item in zip(summary.artifacts, result.perturbations):
+        for artifact_name, item in zip(summary.artifacts, result.perturbations, strict=True):
             summary.matrix.setdefault(artifact_name, {})[engine_name] = {
                 "asr": item.metrics.asr,
                 "adv_acc": item.metrics.adv_acc,
@@ -236,17 +236,17 @@ def render_markdown(summary: DemoSummary, config: DemoConfig) -> str:
     if agreement:
         lines += [
             "",
-            f"int8 twin (fake-quant, straight-through) vs the QDQ int8 engine on {agreement.get('n_images')} images: "
+            (f"int8 twin (fake-quant, straight-through) vs the QDQ int8 engine on {agreement.get('n_images')} images: "
             f"top-1 agreement {agreement.get('top1_agreement', float('nan')):.4f}, max abs dlogit "
             f"{agreement.get('max_abs_logit_diff', float('nan')):.3g} (the fp32 model: "
-            f"{agreement.get('fp32_top1_agreement', float('nan')):.4f}, {agreement.get('fp32_max_abs_logit_diff', float('nan')):.3g}).",
+            f"{agreement.get('fp32_top1_agreement', float('nan')):.4f}, {agreement.get('fp32_max_abs_logit_diff', float('nan')):.3g})."),
         ]
     lines += [
         "",
         "## Transfer matrix: asr % (adv_acc %)",
         "",
-        "asr: among images the engine classifies correctly when clean, the share misclassified after the attack "
-        "(the denominator is per engine). Rows: artifact@source model; columns: engine replayed on.",
+        ("asr: among images the engine classifies correctly when clean, the share misclassified after the attack "
+        "(the denominator is per engine). Rows: artifact@source model; columns: engine replayed on."),
         "",
         "| artifact \\ engine | " + " | ".join(engines) + " |",
         "|---|" + "---:|" * len(engines),

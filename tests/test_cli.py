@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_torch_line import make_blocker_dir, run_without_torch
 from typer.testing import CliRunner
 
 from edgeattack.cli.app import app
-from test_torch_line import make_blocker_dir, run_without_torch
 
 runner = CliRunner()
 

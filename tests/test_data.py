@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeattack.data import ImageDataset, PreprocessConfig, load_dataset, load_digits_dataset, load_image_folder
+from edgeattack.data import (
+    ImageDataset,
+    PreprocessConfig,
+    load_dataset,
+    load_digits_dataset,
+    load_image_folder,
+)
 from edgeattack.errors import DataError
 
 

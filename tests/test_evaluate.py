@@ -158,7 +158,7 @@ def test_per_image_replay_on_the_images_it_covers(engine, onnx_path, dataset):
     covered = dataset.indices[::2]  # half of the images, by dataset index
     deltas = rng.uniform(-0.2, 0.2, (len(covered), 3, 32, 32)).astype(np.float32)
     artifact = make_artifact("per_image", deltas, indices=covered[::-1].copy())  # order must not matter
-    deltas_by_index = dict(zip(covered[::-1].tolist(), deltas))
+    deltas_by_index = dict(zip(covered[::-1].tolist(), deltas, strict=True))
     result = evaluate(engine, dataset, [artifact], quantize_inputs=True, **FAST)
 
     positions = np.arange(0, N_IMAGES, 2)

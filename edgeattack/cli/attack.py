@@ -8,7 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeattack.cli.options import CheckpointOpt, DataOpt, LimitOpt, SeedOpt, SplitOpt, handle_errors, progress_bar
+from edgeattack.cli.options import (
+    CheckpointOpt,
+    DataOpt,
+    LimitOpt,
+    SeedOpt,
+    SplitOpt,
+    handle_errors,
+    progress_bar,
+)
 from edgeattack.errors import ConfigError
 
 

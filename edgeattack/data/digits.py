@@ -46,8 +46,8 @@ def _split_indices(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {name: [] for name in _FRACTIONS}
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
-        n_train = int(round(len(members) * _FRACTIONS["train"]))
-        n_val = int(round(len(members) * _FRACTIONS["val"]))
+        n_train = round(len(members) * _FRACTIONS["train"])
+        n_val = round(len(members) * _FRACTIONS["val"])
         parts["train"].append(members[:n_train])
         parts["val"].append(members[n_train : n_train + n_val])
         parts["test"].append(members[n_train + n_val :])

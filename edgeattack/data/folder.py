@@ -47,7 +47,7 @@ class PreprocessConfig:
     @property
     def resize_to(self) -> int:
         """The short side after resizing, before the crop."""
-        return int(math.floor(max(self.input_size[1:]) / self.crop_pct))
+        return math.floor(max(self.input_size[1:]) / self.crop_pct)
 
     def apply(self, image: object) -> np.ndarray:
         """A PIL image -> float32 CHW in [0, 1]."""

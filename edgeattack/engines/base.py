@@ -12,7 +12,7 @@ import abc
 import logging
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from edgeattack.export.metadata import EngineMetadata
 logger = logging.getLogger(__name__)
 
 LOGITS = "logits"
+
+EngineT = TypeVar("EngineT", bound="Engine")
 
 
 class Engine(abc.ABC):
@@ -37,7 +39,7 @@ class Engine(abc.ABC):
         self._active = False
 
     # lifecycle -----------------------------------------------------------------------------
-    def activate(self) -> Engine:
+    def activate(self: EngineT) -> EngineT:
         if not self._active:
             self._activate_impl()
             self._active = True
@@ -48,7 +50,7 @@ class Engine(abc.ABC):
             self._deactivate_impl()
             self._active = False
 
-    def __enter__(self) -> Engine:
+    def __enter__(self: EngineT) -> EngineT:
         return self.activate()
 
     def __exit__(

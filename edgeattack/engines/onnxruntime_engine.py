@@ -142,7 +142,7 @@ class OnnxRuntimeEngine(Engine):
             values = self._session.run(None, {self.metadata.input_name: images})  # type: ignore[attr-defined]
         except Exception as exc:
             raise EngineError(f"engine {self.name} failed on a batch of {len(images)}: {exc}") from exc
-        outputs = dict(zip(self._output_names, values))
+        outputs = dict(zip(self._output_names, values, strict=True))
         outputs[LOGITS] = np.asarray(outputs[self._logits_name], dtype=np.float32)
         return outputs
 

@@ -267,7 +267,7 @@ def _pre_process(source: str | Path, target: Path) -> tuple[Path, bool]:
     shape_inference = require("onnxruntime.quantization.shape_inference", feature="int8 quantization")
     try:
         shape_inference.quant_pre_process(str(source), str(target))
-    except Exception as exc:  # noqa: BLE001  (symbolic shape inference does not know every op)
+    except Exception as exc:
         logger.warning("quantization pre-processing failed (%s); quantizing %s as it is", exc, source)
         return Path(source), False
     return target, True

@@ -115,7 +115,7 @@ def load_checkpoint(model: ZooModel, path: str | Path) -> ZooModel:
     """Load a checkpoint into `model`: keys of the whole ZooModel ("net." prefixed) or of the bare net."""
     state = read_state_dict(path)
     if any(key.startswith("net.") for key in state):
-        target, state = model, {k: v for k, v in state.items()}
+        target, state = model, dict(state)
         state.setdefault("mean", model.mean)
         state.setdefault("std", model.std)
     else:

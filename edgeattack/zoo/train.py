@@ -55,7 +55,7 @@ class TrainReport:
     wall_s: float = 0.0
 
 
-def random_shift(images: "torch.Tensor", max_shift: int, generator: "torch.Generator") -> "torch.Tensor":
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Translate each image by up to `max_shift` pixels (zero padding), independently per image."""
     if max_shift == 0:
         return images

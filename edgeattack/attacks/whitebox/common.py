@@ -31,7 +31,7 @@ from edgeattack.data.base import ImageDataset, check_images
 from edgeattack.errors import ConfigError, DataError, did_you_mean
 
 
-class _AttackBase(abc.ABC):
+class _AttackBase(abc.ABC):  # noqa: B024 - abstract through its subclasses run/fit
     """Keyword-only hyper-parameters stored as attributes; unknown ones raise ConfigError."""
 
     #: registry name, also written as the artifact's `method`
