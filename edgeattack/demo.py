@@ -38,7 +38,8 @@ class DemoConfig:
     pgd_eps: float = 8 / 255
     pgd_steps: int = 10
     pgd_step_size: float = 2 / 255
-    uap_eps: float = 16 / 255
+    weak_pgd_eps: float = 2 / 255
+    uap_eps: float = 12 / 255
     uap_epochs: int = 20
     latency_runs: int = 10
     latency_seconds: float = 1.0
@@ -51,8 +52,10 @@ class DemoConfig:
             "export int8 (dynamic)",
             "int8 twin",
             "PGD on fp32",
+            "weak PGD on fp32",
             "UAP on fp32",
             "PGD on int8 twin",
+            "weak PGD on int8 twin",
             "UAP on int8 twin",
             "evaluate torch fp32",
             "evaluate onnx fp32",
@@ -146,10 +149,14 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, stage: St
 
     sources = {"fp32": model, "int8-twin": twin}
     for source_name, source in sources.items():
-        pgd = PGD(eps=config.pgd_eps, steps=config.pgd_steps, step_size=config.pgd_step_size, seed=config.seed)
-        path = pgd(source, test).to_artifact(test).save(out / "artifacts" / f"pgd-linf-{source_name}.npz")
-        summary.artifacts[f"pgd@{source_name}"] = str(path)
-        done(f"PGD on {source_name}")
+        for label, eps in (("pgd", config.pgd_eps), ("pgd-weak", config.weak_pgd_eps)):
+            step = min(config.pgd_step_size, 2.5 * eps / config.pgd_steps)
+            pgd = PGD(eps=eps, steps=config.pgd_steps, step_size=step, seed=config.seed)
+            path = pgd(source, test).to_artifact(test).save(
+                out / "artifacts" / f"{label}-linf{round(eps * 255)}-{source_name}.npz"
+            )
+            summary.artifacts[f"{label}@{source_name}"] = str(path)
+            done(f"{label} on {source_name}")
         uap = UAPSGD(eps=config.uap_eps, epochs=config.uap_epochs, seed=config.seed)
         path = uap(source, fit).to_artifact(fit).save(out / "artifacts" / f"uap-sgd-{source_name}.npz")
         summary.artifacts[f"uap@{source_name}"] = str(path)
@@ -209,7 +216,8 @@ def render_markdown(summary: DemoSummary, config: DemoConfig) -> str:
         f"Wall time {summary.wall_s:.0f} s ("
         + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary.stage_s.items())
         + f"). PGD: L-inf eps {config.pgd_eps * 255:.0f}/255, {config.pgd_steps} steps, "
-        f"step {config.pgd_step_size * 255:.0f}/255, per image on {config.eval_split}. UAP (SGD/Adam): L-inf eps "
+        f"step {config.pgd_step_size * 255:.0f}/255, per image on {config.eval_split} "
+        f"(pgd-weak: eps {config.weak_pgd_eps * 255:.0f}/255, where transfer differences show). UAP (SGD/Adam): L-inf eps "
         f"{config.uap_eps * 255:.0f}/255, fitted on {config.fit_split}, evaluated on {config.eval_split}.",
         "",
         "## Engines",

@@ -23,7 +23,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path):
     summary = json.loads((out / "summary.json").read_text())
     engines = ["torch-fp32", "onnx-fp32", "onnx-int8-qdq", "onnx-int8-dynamic"]
     assert list(summary["clean"]) == engines
-    assert set(summary["transfer_matrix"]) == {"pgd@fp32", "uap@fp32", "pgd@int8-twin", "uap@int8-twin"}
+    assert set(summary["transfer_matrix"]) == {"pgd@fp32", "pgd-weak@fp32", "uap@fp32", "pgd@int8-twin", "pgd-weak@int8-twin", "uap@int8-twin"}
     for row in summary["transfer_matrix"].values():
         assert list(row) == engines and all(0.0 <= cell["fooling_rate"] <= 1.0 for cell in row.values())
     # PGD crafted on the fp32 model fools the fp32 engines on most correctly classified images
