@@ -32,8 +32,9 @@ def demo_command(
     with progress_bar("demo", total=len(config.stages())) as advance:
         summary = run_demo(out, config, stage=lambda _name: advance(1))
     assert summary.markdown_path is not None
-    from rich.console import Console
     from rich.markdown import Markdown
 
-    Console().print(Markdown(summary.markdown_path.read_text()))
+    from edgeattack.cli.options import console
+
+    console().print(Markdown(summary.markdown_path.read_text()))
     typer.echo(f"summary: {summary.markdown_path}")

@@ -77,9 +77,10 @@ def evaluate_command(
 
 def print_result(result: object) -> None:
     """A rich table of one EvaluationResult (metrics named as in DESIGN.md)."""
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from edgeattack.cli.options import console as make_console
     from edgeattack.results import EvaluationResult
 
     assert isinstance(result, EvaluationResult)
@@ -88,7 +89,7 @@ def print_result(result: object) -> None:
         f"{Path(str(engine.get('source'))).name} [{engine.get('precision')}] on {result.dataset.spec} "
         f"({result.dataset.n_images} images; providers: {', '.join(engine.get('providers') or [])})"
     )
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for column in ("perturbation", "kind", "eps", "images", "clean_acc", "adv_acc", "asr", "fooling_rate", "linf_med", "l2_med"):
         table.add_column(column, justify="right" if column not in ("perturbation", "kind") else "left")
     table.add_row("clean", "-", "-", str(result.clean.n_images), _fmt(result.clean.clean_acc), "", "", "", "", "")
@@ -106,7 +107,7 @@ def print_result(result: object) -> None:
             _fmt(item.norms.linf_median),
             _fmt(item.norms.l2_median),
         )
-    console = Console()
+    console = make_console()
     console.print(table)
     lat = result.latency
     if lat is not None:

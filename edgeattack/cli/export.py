@@ -22,7 +22,7 @@ def export_command(
     per_channel: Annotated[bool, typer.Option(help="Per-channel weight scales (static int8).")] = True,
     calib_data: Annotated[str, typer.Option(help="Calibration dataset: 'digits' or a folder.")] = "digits",
     calib_split: Annotated[str, typer.Option(help="Calibration split (not the one you evaluate on).")] = "train",
-    calib_images: Annotated[int, typer.Option(help="Calibration images.", min=1)] = 128,
+    calib_images: Annotated[int, typer.Option(help="Calibration images (a seeded random subset of the split).", min=1)] = 128,
     parity_split: Annotated[str, typer.Option(help="Split of the real images used for the parity check.")] = "test",
     parity_images: Annotated[int, typer.Option(help="Images for the parity check (0 skips it).", min=0)] = 256,
     checkpoint: CheckpointOpt = None,
@@ -38,8 +38,8 @@ def export_command(
         input_size=net.config.input_size, crop_pct=net.config.crop_pct, interpolation=net.config.interpolation
     )
 
-    def dataset(data: str, split: str, limit: int) -> object:
-        return load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess)
+    def dataset(data: str, split: str, limit: int | None, shuffle: bool = False) -> object:
+        return load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess, shuffle=shuffle)
 
     needs_calibration = precision == "int8" and quantization == "static"
     outcome = export_engine(
@@ -49,7 +49,12 @@ def export_command(
         quantization=quantization,
         preset=preset,
         per_channel=per_channel,
-        calibration=dataset(calib_data, calib_split, calib_images) if needs_calibration else None,  # type: ignore[arg-type]
+        calibration=(
+            # digits is small: the quantizer draws its seeded subset; a folder loads only that many
+            dataset(calib_data, calib_split, None if calib_data == "digits" else calib_images, shuffle=True)
+            if needs_calibration
+            else None
+        ),  # type: ignore[arg-type]
         calibration_images=calib_images,
         parity_data=dataset(calib_data, parity_split, parity_images) if parity_images else None,  # type: ignore[arg-type]
         parity_images=parity_images,

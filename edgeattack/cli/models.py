@@ -14,9 +14,9 @@ def models_command(
     pattern: Annotated[str, typer.Argument(help="Glob over model names.")] = "*",
 ) -> None:
     """List the zoo's models: family, input size, shipped weights and their recorded accuracy."""
-    from rich.console import Console
     from rich.table import Table
 
+    from edgeattack.cli.options import console
     from edgeattack.zoo import list_models, read_manifest
 
     manifest = read_manifest()
@@ -37,4 +37,4 @@ def models_command(
             f"{shipped.metrics.get('test_acc', float('nan')):.4f}" if shipped else "",
             entry.description,
         )
-    Console().print(table)
+    console().print(table)

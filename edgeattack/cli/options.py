@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,8 +73,21 @@ def handle_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def console(*, stderr: bool = False) -> Any:
+    """A rich Console: the terminal's width, or 160 columns when output goes to a file or pipe."""
+    from rich.console import Console
+
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=160)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: Any) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
 def configure_logging(verbose: bool) -> None:
-    """INFO (or DEBUG) records of edgeattack to stderr, plain format."""
+    """INFO (or DEBUG) records of edgeattack to stderr, plain format; warnings as one line each."""
+    warnings.showwarning = _show_warning
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("edgeattack")

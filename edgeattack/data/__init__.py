@@ -27,10 +27,13 @@ def load_dataset(
     seed: int = 0,
     limit: int | None = None,
     preprocess: PreprocessConfig | None = None,
+    shuffle: bool = False,
 ) -> ImageDataset:
     """Open `data`: "digits" (the embedded default) or the path of an ImageFolder directory.
 
-    For a folder, `split` names a sub-directory when one exists (`root/val/<class>/...`).
+    For a folder, `split` names a sub-directory when one exists (`root/val/<class>/...`), and
+    `shuffle` makes `limit` pick a seeded random subset instead of the first files (so a
+    calibration set is not all of the first classes).
     """
     if data == "digits":
         dataset = load_digits_dataset(split, seed=seed)
@@ -40,4 +43,4 @@ def load_dataset(
         raise DataError(f"dataset {data!r} is neither 'digits' nor an existing folder")
     if (root / split).is_dir():
         root = root / split
-    return load_image_folder(root, preprocess=preprocess, limit=limit, seed=seed, split=split)
+    return load_image_folder(root, preprocess=preprocess, limit=limit, seed=seed, split=split, shuffle=shuffle)
