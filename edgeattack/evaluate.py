@@ -118,11 +118,25 @@ def _infer_checked(engine: Engine, batch: np.ndarray, recorder: LatencyRecorder,
     return logits.argmax(axis=1).astype(np.int64)
 
 
-def _target_of(artifact: PerturbationArtifact) -> int | None:
+def _target_of(artifact: PerturbationArtifact, indices: np.ndarray) -> int | np.ndarray | None:
+    """The attack's target class(es) for the images with dataset `indices`, from the artifact's params.
+
+    A single class is returned as an int; per-image targets (in the order of the artifact's own
+    indices) are aligned to `indices`.
+    """
     for key in ("target", "target_class"):
         value = artifact.meta.params.get(key)
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, np.integer)):
             return int(value)
+        targets = np.asarray(value)
+        if targets.dtype.kind not in "iu":
+            continue
+        if targets.ndim == 0 or len(np.unique(targets)) == 1:
+            return int(targets.reshape(-1)[0])
+        if artifact.meta.kind == "per_image" and targets.shape == artifact.indices.shape:
+            return targets[artifact.positions_for(indices)]
     return None
 
 
@@ -321,7 +335,7 @@ def _replay_one(
             adv_pred[part] = _infer_checked(engine, adversarial, recorder, "adversarial")
             advance(1)
     labels = dataset.labels[positions]
-    metrics = accuracy_metrics(labels, clean_pred[positions], adv_pred, target=_target_of(artifact))
+    metrics = accuracy_metrics(labels, clean_pred[positions], adv_pred, target=_target_of(artifact, dataset.indices[positions]))
     stats = recorder.stats(full_batches_only=True)
     adv_per_image_s = _time_per_image_s(recorder)
     ratio = adv_per_image_s / clean_per_image_s if adv_per_image_s is not None and clean_per_image_s else None

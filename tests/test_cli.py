@@ -181,3 +181,14 @@ def test_cli_evaluates_onnx_without_torch(fp32_engine: Path, pgd_artifact: Path,
     )
     assert completed.returncode == 0, completed.stderr + completed.stdout
     assert list((work / "torchless").glob("*.json"))
+
+
+def test_targeted_artifact_reports_targeted_success(fp32_engine: Path, work: Path):
+    out = work / "targeted.npz"
+    crafted = invoke("attack", "--method", "pgd", "--target", "3", "--eps", "8/255", "--limit", "24", "-o", out)
+    assert crafted.exit_code == 0, crafted.output
+    result = invoke("evaluate", "--engine", fp32_engine, "-p", out, "--limit", "24", "--no-latency", "-o", work / "t")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(next((work / "t").glob("*.json")).read_text())
+    metrics = doc["perturbations"][0]["metrics"]
+    assert metrics["target"] == 3 and metrics["targeted_success"] is not None and metrics["targeted_success"] > 0.5

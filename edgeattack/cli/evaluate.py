@@ -116,6 +116,12 @@ def print_result(result: object) -> None:
             f"p90 {lat.p90_ms:.2f}, p99 {lat.p99_ms:.2f}, cv {lat.cv:.1%}, throughput {lat.throughput_ips:.1f} img/s"
             + (" [unstable]" if lat.unstable else "")
         )
+    for item in result.perturbations:
+        if item.metrics.targeted_success is not None:
+            console.print(
+                f"{item.label}: targeted_success {item.metrics.targeted_success:.4f}"
+                + (f" (target class {item.metrics.target})" if item.metrics.target is not None else " (per-image targets)")
+            )
     mem = result.memory
     if mem is not None:
         delta = "n/a" if mem.peak_rss_delta_mb is None else f"{mem.peak_rss_delta_mb:.1f} MB"

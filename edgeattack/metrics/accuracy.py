@@ -211,9 +211,13 @@ def accuracy_metrics(
     clean_pred: np.ndarray,
     adv_pred: np.ndarray,
     *,
-    target: int | None = None,
+    target: int | np.ndarray | None = None,
 ) -> AccuracyMetrics:
-    """All integrity metrics at once; `targeted_success` only when `target` is given."""
+    """All integrity metrics at once; `targeted_success` only when `target` is given.
+
+    `target` is one class for every image or one per image; `AccuracyMetrics.target` records the
+    class when it is a single one.
+    """
     lab = _labels(labels, "labels")
     clean, adv = _labels(clean_pred, "clean_pred"), _labels(adv_pred, "adv_pred")
     _same_length(labels=lab, clean_pred=clean, adv_pred=adv)
@@ -226,6 +230,6 @@ def accuracy_metrics(
         adv_acc=adv_acc(adv, lab),
         asr=asr(clean, adv, lab),
         fooling_rate=fooling_rate(clean, adv),
-        targeted_success=None if target is None else targeted_success(adv, int(target), lab),
-        target=None if target is None else int(target),
+        targeted_success=None if target is None else targeted_success(adv, target, lab),
+        target=None if target is None or np.ndim(target) else int(target),
     )

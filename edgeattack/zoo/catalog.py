@@ -43,3 +43,16 @@ for _size, _what in (("tiny", "DeiT-Ti"), ("small", "DeiT-S"), ("base", "DeiT-B"
         ),
         description=f"{_what} with the distillation token, from timm (logits: mean of both heads)",
     )
+
+
+def _register_families() -> None:
+    import importlib
+    import pkgutil
+
+    from edgeattack.zoo import families
+
+    for info in sorted(pkgutil.iter_modules(families.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{families.__name__}.{info.name}")
+
+
+_register_families()
