@@ -16,7 +16,6 @@ import logging
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,31 +29,11 @@ logger = logging.getLogger("bench_replay")
 
 
 def export_vit_tiny_digits(path: Path) -> Path:
-    """Export vit_tiny_digits (shipped weights, else random) to ONNX with edgeattack metadata."""
-    import onnx
-    import torch
-
-    from edgeattack.engines.torch_engine import metadata_for_model
+    """Export the shipped vit_tiny_digits to ONNX with edgeattack metadata."""
+    from edgeattack.export.onnx_export import export_onnx
     from edgeattack.zoo import create_model
 
-    model = create_model("vit_tiny_digits").eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.rand(2, *model.config.input_size),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key = "edgeattack"
-    entry.value = metadata_for_model(model).to_json()
-    onnx.save(proto, str(path))
+    export_onnx(create_model("vit_tiny_digits"), path)
     return path
 
 

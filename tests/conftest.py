@@ -4,7 +4,41 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("COLUMNS", "200")
+
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch thread: OpenMP threads spin while they wait, which costs 10-30x on a busy 2-core box."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The shipped vit_tiny_digits (read-only: tests must not modify it)."""
+    from edgeattack.zoo.factory import create_model
+
+    return create_model("vit_tiny_digits")
+
+
+@pytest.fixture(scope="session")
+def test_set():
+    """The digits test split."""
+    from edgeattack.data import load_digits_dataset
+
+    return load_digits_dataset("test")

@@ -27,39 +27,12 @@ FAST = {"batch_size": BATCH, "measure_latency": False}
 
 
 def export_vit_tiny_digits(path: Path) -> Path:
-    """vit_tiny_digits as an ONNX file with edgeattack metadata (shipped weights, else random ones)."""
-    torch = pytest.importorskip("torch")
-    onnx = pytest.importorskip("onnx")
-    from edgeattack.engines.torch_engine import metadata_for_model
+    """The shipped vit_tiny_digits as an ONNX engine with edgeattack metadata."""
+    pytest.importorskip("torch")
+    from edgeattack.export.onnx_export import export_onnx
     from edgeattack.zoo import create_model
-    from edgeattack.zoo.manifest import shipped_weights
 
-    model = create_model("vit_tiny_digits").eval()
-    if shipped_weights("vit_tiny_digits") is None:
-        # Random weights predict one class for nearly everything; a wider head spreads the
-        # predictions so the replay comparisons below are not vacuous.
-        torch.manual_seed(0)
-        with torch.no_grad():
-            model.net.head.weight.normal_(0.0, 1.0)
-            model.net.head.bias.zero_()
-    example = torch.rand(2, *model.config.input_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key = "edgeattack"
-    entry.value = metadata_for_model(model).to_json()
-    onnx.save(proto, str(path))
+    export_onnx(create_model("vit_tiny_digits"), path)
     return path
 
 

@@ -24,15 +24,6 @@ from edgeattack.export.quantize import quantize_static_qdq
 N_IMAGES = 270  # the whole digits test split
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One torch thread: OpenMP threads spin while they wait, which costs 10-30x on a busy 2-core box."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _model(seed: int):
@@ -40,19 +31,6 @@ def _model(seed: int):
 
     torch.manual_seed(seed)
     return create_model("vit_tiny_digits", pretrained=False)
-
-
-@pytest.fixture(scope="module")
-def model():
-    from edgeattack.zoo.factory import create_model
-
-    torch.manual_seed(0)
-    return create_model("vit_tiny_digits")
-
-
-@pytest.fixture(scope="module")
-def test_set():
-    return load_digits_dataset("test")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -113,29 +112,11 @@ def test_evaluation_side_imports_without_torch(blocker_dir):
 
 def _export_onnx(path: Path) -> Path:
     """vit_tiny_digits as ONNX with edgeattack metadata, exported by this (torch-having) process."""
-    torch = pytest.importorskip("torch")
-    onnx = pytest.importorskip("onnx")
-    from edgeattack.engines.torch_engine import metadata_for_model
+    pytest.importorskip("torch")
+    from edgeattack.export.onnx_export import export_onnx
     from edgeattack.zoo import create_model
 
-    model = create_model("vit_tiny_digits").eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.rand(2, *model.config.input_size),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key = "edgeattack"
-    entry.value = metadata_for_model(model).to_json()
-    onnx.save(proto, str(path))
+    export_onnx(create_model("vit_tiny_digits"), path)
     return path
 
 
