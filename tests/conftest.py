@@ -12,8 +12,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("COLUMNS", "200")
 
 
-
-
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """One torch thread: OpenMP threads spin while they wait, which costs 10-30x on a busy 2-core box."""
