@@ -144,3 +144,9 @@ def test_export_rejects_bad_options(model, tmp_path):
 def _infer(path: Path, images: np.ndarray) -> np.ndarray:
     with open_engine(path) as engine:
         return engine.infer(images)
+
+
+def test_export_leaves_the_model_mode_alone(model, tmp_path):
+    assert not model.training
+    export_onnx(model, tmp_path / "eval.onnx")
+    assert not model.training, "export must not leave an eval model in training mode"

@@ -54,7 +54,8 @@ def export_onnx(
     onnx = require("onnx", feature="ONNX export")
     _check_options(precision, opset)
     metadata = _metadata_for(model, precision, opset, torch.__version__)
-    module = _export_wrapper(model, half=precision == "fp16")
+    was_training = model.training
+    module = _export_wrapper(model, half=precision == "fp16").eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.rand((example_batch, *model.config.input_size), generator=generator)
     buffer = io.BytesIO()
@@ -74,10 +75,12 @@ def export_onnx(
                 dynamo=False,
             )
         except Exception as exc:
+            model.train(was_training)
             raise EngineError(
                 f"torch.onnx.export failed for {model.model_name} ({precision}, opset {opset}): "
                 f"{str(exc).splitlines()[0][:300]}"
             ) from exc
+    model.train(was_training)
     proto = onnx.load_from_string(buffer.getvalue())
     set_onnx_metadata(proto, metadata)
     try:

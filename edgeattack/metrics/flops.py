@@ -245,7 +245,9 @@ def dynamicvit_kept_patches(
     """
     if not 0 < rho <= 1:
         raise ValueError(f"DynamicViT's keep ratio rho must lie in (0, 1], got {rho}")
-    return tuple(max(int(num_patches * rho ** (k + 1)), 1) for k in range(num_stages))
+    from edgeattack.sparsity.schedule import kept_patches
+
+    return tuple(kept_patches(num_patches, rho ** (k + 1)) for k in range(num_stages))
 
 
 def dynamicvit_keep_schedule(
