@@ -95,3 +95,14 @@ def test_train_and_save_round_trip(tmp_path: Path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
+
+
+@pytest.mark.parametrize("name", sorted(read_manifest()))
+def test_every_shipped_model_reproduces_its_manifest_accuracy(name: str):
+    entry = read_manifest()[name]
+    model = create_model(name)
+    assert model.weights_sha256 == entry.sha256
+    accuracy = evaluate_accuracy(model, load_digits_dataset("test"))
+    assert accuracy == pytest.approx(entry.metrics["test_acc"], abs=1e-6)
+    assert accuracy >= 0.9
+    assert entry.command.startswith("edgeattack ")

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from edgeattack import __version__
-from edgeattack.cli import attack, demo, evaluate, export, models, profile, train
+from edgeattack.cli import attack, compress, demo, evaluate, export, models, profile, train
 from edgeattack.cli.options import CliState, configure_logging
 
 app = typer.Typer(
@@ -44,6 +44,7 @@ def main_callback(
 
 app.command("models")(models.models_command)
 app.command("train")(train.train_command)
+app.command("compress")(compress.compress_command)
 app.command("export")(export.export_command)
 app.command("attack")(attack.attack_command)
 app.command("evaluate")(evaluate.evaluate_command)

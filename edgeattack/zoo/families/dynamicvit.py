@@ -26,9 +26,9 @@ for _rho in KEEP_RATES:
         _DIGITS,
         description=(
             f"DynamicViT on vit_tiny_digits, keep {_rho}/{_rho**2:.2f}/{_rho**3:.3f} before blocks 2/3/4 "
-            "(train with edgeattack.sparsity.train_dynamicvit)"
+            "(shipped; rebuilt by scripts/build_zoo.sh)"
         ),
-        shipped=False,
+        shipped=True,
     )
     register_model(
         f"dynamicvit_deit_small_patch16_224_{rate_suffix(_rho)}",

@@ -1,0 +1,35 @@
+"""MiniViT family: weight-multiplexed ViTs, Mini-DeiT style (registration only, no torch)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from edgeattack.zoo.catalog import DIGITS_CONFIG
+from edgeattack.zoo.config import ModelConfig
+from edgeattack.zoo.registry import register_model
+
+_MODULE = "edgeattack.compress.minivit"
+
+register_model(
+    "minivit_tiny_digits",
+    f"{_MODULE}:build_digits_minivit",
+    dataclasses.replace(DIGITS_CONFIG, family="minivit"),
+    description=(
+        "digits ViT with weights shared by pairs of blocks (3 multiplexed blocks for depth 6), per-layer "
+        "head mixing and depth-wise MLP conv; distilled from vit_tiny_digits"
+    ),
+    shipped=False,
+)
+
+for _size, _what in (("tiny", "Mini-DeiT-Ti"), ("small", "Mini-DeiT-S"), ("base", "Mini-DeiT-B")):
+    register_model(
+        f"mini_deit_{_size}_patch16_224",
+        f"{_MODULE}:build_mini_deit",
+        ModelConfig(
+            input_size=(3, 224, 224), num_classes=1000, crop_pct=0.875, interpolation="bicubic", family="minivit"
+        ),
+        description=(
+            f"{_what}-style weight multiplexing of deit_{_size}_patch16_224 (share 2, no iRPE); no downloadable "
+            "weights: train with compress minivit or pass --checkpoint"
+        ),
+    )
