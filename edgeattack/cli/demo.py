@@ -19,6 +19,13 @@ def demo_command(
     latency_seconds: Annotated[float, typer.Option(help="Minimum seconds of each latency measurement.", min=0.0)] = 1.0,
     pgd_steps: Annotated[int, typer.Option(help="PGD iterations.", min=1)] = 10,
     uap_epochs: Annotated[int, typer.Option(help="Epochs of the UAP (SGD/Adam) fit on the val split.", min=1)] = 20,
+    families: Annotated[
+        str | None,
+        typer.Option(
+            help="Also run the transfer matrix across families: 'all' (original, int8 and every shipped "
+            "compressed model) or a comma list of zoo names (int8-qdq for the int8 engine)."
+        ),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.", min=1)] = None,
 ) -> None:
     """Export fp32/int8 engines, craft PGD and UAP on fp32 and on the int8 twin, replay all on all engines."""
@@ -38,3 +45,12 @@ def demo_command(
 
     console().print(Markdown(summary.markdown_path.read_text()))
     typer.echo(f"summary: {summary.markdown_path}")
+    if families:
+        from edgeattack.transfer import TransferConfig, family_models, run_transfer
+
+        names = family_models(families)
+        with progress_bar("transfer across families", total=3 * len(names)) as advance:
+            transfer = run_transfer(out / "families", names, TransferConfig(limit=limit), stage=lambda _n: advance(1))
+        assert transfer.markdown_path is not None
+        console().print(Markdown(transfer.markdown_path.read_text()))
+        typer.echo(f"transfer matrix: {transfer.markdown_path}")
