@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class EdgeAttackError(Exception):
@@ -31,6 +32,15 @@ class ModelNotFoundError(EdgeAttackError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class TrainingDivergedError(EdgeAttackError):
+    """Training stopped at a non-finite loss or gradient; `model` holds the last good weights."""
+
+    def __init__(self, message: str, model: Any = None, report: Any = None) -> None:
+        super().__init__(message)
+        self.model = model
+        self.report = report
 
 
 class MissingDependencyError(EdgeAttackError, ImportError):

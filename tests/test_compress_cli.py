@@ -54,3 +54,10 @@ def test_compress_errors(tmp_path: Path):
     assert no_rate.exit_code == 2 and "keep rate" in no_rate.output
     bad_rate = invoke("compress", "--method", "dynamicvit", "--rho", "0.9", "-o", tmp_path)
     assert bad_rate.exit_code == 2 and "0.9" in bad_rate.output
+
+
+def test_diverging_training_keeps_the_last_good_weights(tmp_path: Path):
+    result = invoke("compress", "--method", "sparse24", "--epochs", "1", "--lr", "1e30", "-o", tmp_path)
+    assert result.exit_code == 2, result.output
+    assert "last good weights" in result.output
+    assert list((tmp_path / "diverged").glob("*.last-good.safetensors"))

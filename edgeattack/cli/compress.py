@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from edgeattack.cli.options import CheckpointOpt, DataOpt, SeedOpt, handle_errors
+from edgeattack.errors import TrainingDivergedError
 
 
 @handle_errors
@@ -46,7 +47,15 @@ def compress_command(
     train = load_dataset(data, split="train", seed=seed)
     val = load_dataset(data, split="val", seed=seed)
     test = load_dataset(data, split="test", seed=seed)
-    model, report = compress(method, source, train, val, **params)
+    try:
+        model, report = compress(method, source, train, val, **params)
+    except TrainingDivergedError as exc:
+        if exc.model is None:
+            raise
+        kept = save_weights(exc.model, Path(out) / "diverged", name=f"{exc.model.model_name}.last-good", command="")
+        raise TrainingDivergedError(
+            f"{exc} — the last good weights are in {Path(out) / 'diverged' / kept.file}", exc.model, exc.report
+        ) from exc
     teacher_acc = evaluate_accuracy(source, test)
     test_acc = evaluate_accuracy(model, test)
     command = " ".join(

@@ -28,7 +28,7 @@ from typing import Any
 
 from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
-from edgeattack.errors import ConfigError, EdgeAttackError
+from edgeattack.errors import ConfigError, TrainingDivergedError
 from edgeattack.zoo.config import ModelConfig
 from edgeattack.zoo.factory import ZooModel, count_parameters, state_dict_sha256
 from edgeattack.zoo.train import TrainConfig, evaluate_accuracy, random_shift
@@ -44,13 +44,8 @@ DISTILL_TYPES = ("hard", "soft")
 INITS = ("scratch", "teacher")
 
 
-class TrainingError(EdgeAttackError):
-    """Training stopped (a non-finite loss or gradient). `model` holds the last good weights."""
-
-    def __init__(self, message: str, *, model: Any = None, report: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.model = model
-        self.report = report or {}
+TrainingError = TrainingDivergedError
+"""Training stopped (a non-finite loss or gradient); `model` holds the last good weights."""
 
 
 # -- shared by the trained families ---------------------------------------------------------------

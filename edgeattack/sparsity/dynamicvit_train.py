@@ -24,7 +24,7 @@ from typing import Any
 
 from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
-from edgeattack.errors import ConfigError, DataError, EdgeAttackError
+from edgeattack.errors import ConfigError, DataError, TrainingDivergedError
 from edgeattack.sparsity.dynamicvit import DynamicViT, DynamicViTOutput
 from edgeattack.sparsity.schedule import check_keep_rate, dynamicvit_name
 from edgeattack.zoo.factory import ZooModel, state_dict_sha256
@@ -88,15 +88,6 @@ class DynamicViTTrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-class TrainingDivergedError(EdgeAttackError):
-    """The loss or the gradients became NaN/inf; `model` holds the weights before that step."""
-
-    def __init__(self, message: str, model: Any = None, report: DynamicViTTrainReport | None = None) -> None:
-        super().__init__(message)
-        self.model = model
-        self.report = report
 
 
 def dynamicvit_loss(
