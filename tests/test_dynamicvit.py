@@ -97,7 +97,7 @@ def test_zoo_names_and_builder():
     with torch.no_grad():
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ConfigError, match="pretrained"):
-        create_model("dynamicvit_tiny_digits_r05", pretrained=True)
+        create_model("dynamicvit_deit_small_patch16_224_r05", pretrained=True)
 
 
 def test_unknown_keep_rate_is_a_config_error():
