@@ -192,3 +192,9 @@ def test_targeted_artifact_reports_targeted_success(fp32_engine: Path, work: Pat
     doc = json.loads(next((work / "t").glob("*.json")).read_text())
     metrics = doc["perturbations"][0]["metrics"]
     assert metrics["target"] == 3 and metrics["targeted_success"] is not None and metrics["targeted_success"] > 0.5
+
+
+def test_models_details_adds_size_and_gflops():
+    result = invoke("models", "vit_tiny_digits*", "--details")
+    assert result.exit_code == 0, result.output
+    assert "GFLOPs" in result.output and "0.048" in result.output
