@@ -15,5 +15,5 @@ register_model(
         "digits ViT (patch 4, dim 96, depth 6, 3 heads) with a distillation token, hard-distilled "
         "from vit_tiny_digits (born-again); logits: mean of both heads"
     ),
-    shipped=False,
+    shipped=True,
 )

@@ -18,7 +18,7 @@ register_model(
         "digits ViT with weights shared by pairs of blocks (3 multiplexed blocks for depth 6), per-layer "
         "head mixing and depth-wise MLP conv; distilled from vit_tiny_digits"
     ),
-    shipped=False,
+    shipped=True,
 )
 
 for _size, _what in (("tiny", "Mini-DeiT-Ti"), ("small", "Mini-DeiT-S"), ("base", "Mini-DeiT-B")):

@@ -15,5 +15,5 @@ register_model(
         "vit_tiny_digits pruned to 2:4 in every block Linear (magnitude, fixed masks) and fine-tuned with "
         "distillation from the dense model; input of TensorRT sparse engines"
     ),
-    shipped=False,
+    shipped=True,
 )
