@@ -173,3 +173,14 @@ def test_cli_profile_no_throughput_and_errors() -> None:
     assert "n/a" in result.output and "throughput not measured" in result.output
     bad = runner.invoke(app, ["profile", "deit_tiny_patch16"], catch_exceptions=False)
     assert bad.exit_code == 2 and "unknown model" in bad.output and "Traceback" not in bad.output
+
+
+def test_minivit_flops_are_the_teachers_plus_its_transforms():
+    from edgeattack.zoo import create_model
+    from edgeattack.zoo.profile import flops_of
+
+    teacher = flops_of(create_model("vit_tiny_digits"))
+    mini = flops_of(create_model("minivit_tiny_digits"))
+    # 6 layers x (2 head mixings of 3x3 over 65x65 maps + a 3x3 depth-wise conv over 64 patches of width 96)
+    assert mini.transforms == 6 * (2 * 9 * 65 * 65 + 9 * 96 * 64)
+    assert mini.total == pytest.approx(teacher.total + mini.transforms)

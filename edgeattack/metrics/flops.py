@@ -146,6 +146,7 @@ class FlopsBreakdown:
     mlp: float
     head: float
     predictor: float = 0.0
+    transforms: float = 0.0  # MiniViT's per-layer head mixing and depth-wise MLP convolutions
     norms: float = 0.0
     tokens_per_block: tuple[float, ...] = field(default=())
     blocks: tuple[float, ...] = field(default=())
@@ -162,6 +163,7 @@ class FlopsBreakdown:
             + self.mlp
             + self.head
             + self.predictor
+            + self.transforms
             + self.norms
         )
 

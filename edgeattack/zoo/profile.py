@@ -177,8 +177,10 @@ def flops_of(model: Any) -> FlopsBreakdown:
     `edgeattack.sparsity.DynamicViT` does, the predictors' Linear layers are counted on the
     tokens each one scores (all patches, then those kept by the previous stage).
     """
-    arch = arch_of(model)
     net = _network(model)
+    if getattr(net, "share", None) is not None and hasattr(net.blocks[0], "layers"):
+        return _multiplexed_flops(net)
+    arch = arch_of(model)
     schedule = getattr(net, "token_schedule", None)
     if schedule is None:
         return vit_flops(arch)
@@ -193,6 +195,35 @@ def flops_of(model: Any) -> FlopsBreakdown:
             )
             predictor += scored[stage] * macs_per_token
     return vit_flops(arch, tuple(schedule), predictor_flops=predictor)
+
+
+def _multiplexed_flops(net: Any) -> FlopsBreakdown:
+    """MiniViT: every layer computes like a ViT layer (shared weights are still applied once per
+    layer), plus its head-mixing matmuls ([H,H] over the N x N maps) and depth-wise MLP convolutions."""
+    import dataclasses
+
+    first = net.blocks[0]
+    embed = net.patch_embed
+    arch = VitArch(
+        img_size=tuple(int(s) for s in embed.img_size),
+        patch_size=tuple(int(k) for k in embed.proj.kernel_size),
+        in_chans=int(embed.proj.in_channels),
+        embed_dim=int(net.embed_dim),
+        depth=sum(len(block.layers) for block in net.blocks),
+        num_heads=int(first.num_heads),
+        mlp_ratio=first.mlp.fc1.out_features / net.embed_dim,
+        num_classes=int(net.num_classes),
+        num_prefix_tokens=int(getattr(net, "num_prefix_tokens", 1)),
+    )
+    tokens, patches = arch.num_tokens, arch.num_patches
+    transforms = 0.0
+    for block in net.blocks:
+        for layer in block.layers:
+            if layer.mix_pre is not None:
+                transforms += 2 * block.num_heads**2 * tokens**2
+            if layer.dwconv is not None:
+                transforms += layer.dwconv.kernel_size[0] * layer.dwconv.kernel_size[1] * arch.embed_dim * patches
+    return dataclasses.replace(vit_flops(arch), transforms=transforms)
 
 
 def fp32_safetensors_bytes(model: Any) -> int:
@@ -335,9 +366,10 @@ def profile_model(
     gflops: float | None = None
     arch_doc: dict[str, Any] | None = None
     try:
-        arch_doc = arch_of(model).to_dict()
         flops = flops_of(model)
         gflops = flops.gflops
+        if flops.transforms:
+            notes.append(f"weight-multiplexed: per-layer transforms {flops.transforms / 1e9:.4f} G included")
         if getattr(_network(model), "token_schedule", None) is not None:
             notes.append(
                 f"token-pruned: GFLOPs from the model's tokens per block {[_compact(n) for n in flops.tokens_per_block]}"
@@ -345,6 +377,10 @@ def profile_model(
             )
     except ConfigError as exc:
         notes.append(f"no analytic GFLOPs: {exc}")
+    try:
+        arch_doc = arch_of(model).to_dict()
+    except ConfigError:
+        arch_doc = None
 
     input_size = tuple(int(d) for d in model.config.input_size)
     latency_torch = latency_ort = None
