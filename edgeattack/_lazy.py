@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 from edgeattack.errors import MissingDependencyError
 
@@ -31,3 +33,14 @@ def require(module: str, *, feature: str = "") -> ModuleType:
         )
         what = f" for {feature}" if feature else ""
         raise MissingDependencyError(f"{root} is needed{what} but cannot be imported ({exc}); {hint}") from exc
+
+
+def lazy_exports(package: str, table: dict[str, str]) -> Callable[[str], Any]:
+    """A module `__getattr__` that imports `table[name]` (a module path) on first access of `name`."""
+
+    def __getattr__(name: str) -> Any:
+        if name in table:
+            return getattr(importlib.import_module(table[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -5,8 +5,7 @@ Importing this package imports no torch; the names below load their module on fi
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgeattack._lazy import lazy_exports
 
 _LAZY = {
     "DynamicViT": "edgeattack.sparsity.dynamicvit",
@@ -26,8 +25,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
