@@ -34,6 +34,10 @@ class ModelNotFoundError(EdgeAttackError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ResultError(EdgeAttackError):
+    """A result document that cannot be read, is malformed, or comes from a newer edgeattack."""
+
+
 class TrainingDivergedError(EdgeAttackError):
     """Training stopped at a non-finite loss or gradient; `model` holds the last good weights."""
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgeattack import __version__
 from edgeattack._io import no_overwrite_path
-from edgeattack.errors import EdgeAttackError
+from edgeattack.errors import ResultError
 from edgeattack.metrics.accuracy import METRIC_DEFINITIONS, AccuracyMetrics, NormSummary
 from edgeattack.metrics.latency import LatencyStats
 from edgeattack.metrics.memory import MemoryStats
@@ -67,10 +67,6 @@ DEFINITIONS: dict[str, str] = {
     ),
     "model_size_mb": "size of the engine file in MB (2**20 bytes)",
 }
-
-
-class ResultError(EdgeAttackError):
-    """A result document that cannot be read, is malformed, or comes from a newer edgeattack."""
 
 
 def _jsonable(value: Any) -> Any:
