@@ -18,6 +18,9 @@ import numpy as np
 
 from edgeattack._io import sha256_file
 from edgeattack.artifacts import PerturbationArtifact
+from edgeattack.attacks.blackbox.registry import BlackBoxSpec, parse_spec
+from edgeattack.attacks.blackbox.result import BlackBoxResult, WorstCase, worst_case
+from edgeattack.attacks.blackbox.runner import DEFAULT_BUDGET, BlackBoxRun, run_blackbox
 from edgeattack.data.base import ImageDataset
 from edgeattack.engines import Engine, open_engine
 from edgeattack.errors import ArtifactError, ConfigError, DataError, EngineError
@@ -155,9 +158,14 @@ def evaluate(
     latency_seconds: float = DEFAULT_MIN_SECONDS,
     measure_latency: bool = True,
     measure_memory: bool = True,
+    blackbox: Sequence[BlackBoxSpec | str] = (),
+    budget: int | None = DEFAULT_BUDGET,
+    blackbox_dir: str | Path | None = None,
+    seed: int = 0,
     progress: ProgressCallback | None = None,
+    runs: list[BlackBoxRun] | None = None,
 ) -> EvaluationResult:
-    """Evaluate `engine` on `dataset`, clean and under each perturbation artifact.
+    """Evaluate `engine` on `dataset`, clean, under each perturbation artifact and each black-box attack.
 
     `engine` is an Engine (activated here if it is not) or anything `open_engine` accepts (opened
     and closed here). `perturbations` are artifact paths or loaded artifacts; all are checked
@@ -177,6 +185,9 @@ def evaluate(
         )
     if len(dataset) == 0:
         raise DataError(f"dataset {dataset.spec} holds no images")
+    if budget is not None and budget < 1:
+        raise ConfigError(f"the query budget must be at least 1 query per image, got {budget}")
+    specs = [parse_spec(s) if isinstance(s, str) else s for s in blackbox]
 
     owned = not isinstance(engine, Engine)
     eng: Engine = open_engine(engine) if owned else engine  # type: ignore[arg-type]
@@ -200,10 +211,23 @@ def evaluate(
             measure_latency=measure_latency,
             measure_memory=measure_memory,
             progress=progress,
+            blackbox=_BlackBoxPlan(specs, budget, blackbox_dir, seed, runs),
         )
     finally:
         if owned or not was_active:
             eng.deactivate()
+
+
+@dataclass(frozen=True)
+class _BlackBoxPlan:
+    specs: list[BlackBoxSpec]
+    budget: int | None
+    directory: str | Path | None
+    seed: int
+    runs: list[BlackBoxRun] | None
+
+    def steps(self, n: int) -> int:
+        return sum(_n_batches(n, spec.build().chunk_size) for spec in self.specs)
 
 
 def _run(
@@ -218,9 +242,11 @@ def _run(
     measure_latency: bool,
     measure_memory: bool,
     progress: ProgressCallback | None,
+    blackbox: _BlackBoxPlan,
 ) -> EvaluationResult:
     n = len(dataset)
     total = _n_batches(n, batch_size) + sum(_n_batches(r.positions.size, batch_size) for r in replays)
+    total += blackbox.steps(n)
     total += 1 if measure_latency else 0  # the latency measurement counts as one step
 
     def advance(steps: int) -> None:
@@ -264,6 +290,8 @@ def _run(
             )
         )
 
+    bb_results, bb_worst = _run_blackbox(engine, dataset, blackbox, quantize_inputs, advance)
+
     latency = None
     if measure_latency:
         representative = np.array(dataset.images[:batch_size])
@@ -289,6 +317,8 @@ def _run(
             replay_latency=clean_stats,
         ),
         perturbations=tuple(results),
+        blackbox=tuple(bb_results),
+        blackbox_worst_case=bb_worst,
         model_size=ModelSize.of_bytes(engine.file_size_bytes),
         latency=latency,
         memory=clean_memory,
@@ -299,8 +329,49 @@ def _run(
             "latency_runs": latency_runs if measure_latency else None,
             "latency_seconds": latency_seconds if measure_latency else None,
             "measure_memory": measure_memory,
+            "budget": blackbox.budget if blackbox.specs else None,
+            "seed": blackbox.seed,
         },
     )
+
+
+def _run_blackbox(
+    engine: Engine,
+    dataset: ImageDataset,
+    plan: _BlackBoxPlan,
+    quantize_inputs: bool,
+    advance: Callable[[int], None],
+) -> tuple[list[BlackBoxResult], WorstCase | None]:
+    results, outcomes = [], []
+    for spec in plan.specs:
+        chunks_done = 0
+
+        def tick(done: int, total: int, chunk: int = spec.build().chunk_size) -> None:
+            nonlocal chunks_done
+            now = _n_batches(done, chunk) if done < total else _n_batches(total, chunk)
+            advance(now - chunks_done)
+            chunks_done = now
+
+        run = run_blackbox(
+            engine,
+            dataset,
+            spec,
+            budget=plan.budget,
+            quantize_inputs=quantize_inputs,
+            seed=plan.seed,
+            artifact_dir=plan.directory,
+            progress=tick,
+        )
+        advance(_n_batches(len(dataset), spec.build().chunk_size) - chunks_done)
+        results.append(run.result)
+        outcomes.append(run.outcome)
+        if plan.runs is not None:
+            plan.runs.append(run)
+    untargeted = [(o, r.label) for o, r in zip(outcomes, results, strict=True) if o.target is None]
+    worst = None
+    if len(untargeted) > 1:
+        worst = worst_case([o for o, _ in untargeted], [label for _, label in untargeted])
+    return results, worst
 
 
 def _replay_one(

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgeattack import __version__
 from edgeattack._io import no_overwrite_path
+from edgeattack.attacks.blackbox.result import BLACKBOX_DEFINITIONS, BlackBoxResult, WorstCase
 from edgeattack.errors import ResultError
 from edgeattack.metrics.accuracy import METRIC_DEFINITIONS, AccuracyMetrics, NormSummary
 from edgeattack.metrics.latency import LatencyStats
@@ -66,6 +67,7 @@ DEFINITIONS: dict[str, str] = {
         "(VmHWM reset via /proc/self/clear_refs); MB = 2**20 bytes; null with a reason where not measurable"
     ),
     "model_size_mb": "size of the engine file in MB (2**20 bytes)",
+    **BLACKBOX_DEFINITIONS,
 }
 
 
@@ -251,6 +253,8 @@ class EvaluationResult:
     latency: LatencyStats | None = None
     memory: MemoryStats | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    blackbox: tuple[BlackBoxResult, ...] = ()
+    blackbox_worst_case: WorstCase | None = None
     definitions: dict[str, str] = field(default_factory=lambda: dict(DEFINITIONS))
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     edgeattack_version: str = __version__
@@ -269,6 +273,8 @@ class EvaluationResult:
             "settings": _jsonable(self.settings),
             "clean": self.clean.to_dict(),
             "perturbations": [p.to_dict() for p in self.perturbations],
+            "blackbox": [_jsonable(b.to_dict()) for b in self.blackbox],
+            "blackbox_worst_case": _to(self.blackbox_worst_case),
             "latency": _to(self.latency),
             "memory": _to(self.memory),
             "definitions": dict(self.definitions),
@@ -308,6 +314,8 @@ class EvaluationResult:
                 latency=_from(LatencyStats, doc.get("latency")),
                 memory=_from(MemoryStats, doc.get("memory")),
                 settings=dict(doc.get("settings", {})),
+                blackbox=tuple(BlackBoxResult.from_dict(b) for b in doc.get("blackbox", ())),
+                blackbox_worst_case=_from(WorstCase, doc.get("blackbox_worst_case")),
                 definitions=dict(doc.get("definitions", {})),
                 created=str(doc["created"]),
                 edgeattack_version=str(doc.get("edgeattack_version", "")),
@@ -346,9 +354,34 @@ class EvaluationResult:
             "model_size_mb": self.model_size.file_size_mb,
             "created": self.created,
         }
-        if not self.perturbations:
+        if not self.perturbations and not self.blackbox:
             return [dict(base, perturbation=None)]
         rows = []
+        for b in self.blackbox:
+            rows.append(
+                dict(
+                    base,
+                    perturbation=b.label,
+                    kind="blackbox",
+                    method=b.attack,
+                    norm=b.norm,
+                    eps=b.eps,
+                    images_evaluated=b.images_completed,
+                    images_skipped=b.images - b.images_completed,
+                    adv_acc=b.metrics.adv_acc,
+                    asr=b.metrics.asr,
+                    fooling_rate=b.metrics.fooling_rate,
+                    targeted_success=b.metrics.targeted_success,
+                    l2_median=b.norms.l2_median,
+                    linf_median=b.norms.linf_median,
+                    budget=b.budget,
+                    queries_median=b.queries.median,
+                    queries_mean=b.queries.mean,
+                    queries_max=b.queries.max,
+                    success_within_budget=b.success_within_budget,
+                    attack_wall_s=b.wall_s,
+                )
+            )
         for p in self.perturbations:
             rows.append(
                 dict(

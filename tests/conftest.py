@@ -40,3 +40,25 @@ def test_set():
     from edgeattack.data import load_digits_dataset
 
     return load_digits_dataset("test")
+
+
+@pytest.fixture(scope="session")
+def onnx_engines(tmp_path_factory, model, test_set):
+    """ONNX engines of the shipped vit_tiny_digits: {"fp32": path, "int8": static QDQ path}."""
+    from edgeattack.data import load_digits_dataset
+    from edgeattack.export.pipeline import export_engine
+
+    folder = tmp_path_factory.mktemp("engines")
+    calibration = load_digits_dataset("train")
+    paths = {"fp32": folder / "vit_fp32.onnx", "int8": folder / "vit_int8.onnx"}
+    export_engine(model, paths["fp32"], parity_data=test_set, parity_images=16)
+    export_engine(
+        model,
+        paths["int8"],
+        precision="int8",
+        calibration=calibration,
+        calibration_images=64,
+        parity_data=test_set,
+        parity_images=16,
+    )
+    return paths

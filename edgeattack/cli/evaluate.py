@@ -27,12 +27,36 @@ from edgeattack.cli.options import (
 @handle_errors
 def evaluate_command(
     engine: Annotated[
-        str, typer.Option("--engine", "-e", help="Engine: an .onnx file, a TensorRT plan, or a zoo model name.")
+        list[str],
+        typer.Option(
+            "--engine",
+            "-e",
+            help="Engine: an .onnx file, a TensorRT plan, or a zoo model name. Repeat it to evaluate several "
+            "engines; with --blackbox, each engine's adversarial examples are then replayed on the others (transfer).",
+        ),
     ],
     perturbations: Annotated[
         list[Path] | None,
         typer.Option("--perturbations", "-p", help="Perturbation artifact (.npz) to replay. Repeatable."),
     ] = None,
+    blackbox: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--blackbox",
+            "-B",
+            help="Black-box attack NAME[:key=value,...] run on the engine through a counting oracle, e.g. "
+            "square:eps=8/255, hopskipjump:norm=l2, spatial, salt_and_pepper, blended_noise. Keys target=N|random, "
+            "budget=N and label=TEXT apply to one attack. Repeatable; --list-blackbox shows every parameter.",
+        ),
+    ] = None,
+    budget: Annotated[int, typer.Option("--budget", help="Per-image query budget of black-box attacks.")] = 1000,
+    save_adversarials: Annotated[
+        Path | None,
+        typer.Option("--save-adversarials", help="Directory for the black-box adversarial examples (artifacts)."),
+    ] = None,
+    list_blackbox: Annotated[
+        bool, typer.Option("--list-blackbox", help="List the black-box attacks and their parameters, then exit.")
+    ] = False,
     data: DataOpt = "digits",
     split: SplitOpt = "test",
     seed: SeedOpt = 0,
@@ -48,31 +72,147 @@ def evaluate_command(
         Path, typer.Option("--out", "-o", help="Directory (or .json path) for the result; never overwritten.")
     ] = Path("results"),
 ) -> None:
-    """Replay artifacts on ENGINE: clean_acc, adv_acc, asr, fooling_rate, norms, latency, memory, size."""
-    from edgeattack.data import PreprocessConfig, load_dataset
+    """Replay artifacts and run black-box attacks on ENGINE: clean_acc, adv_acc, asr, queries, norms, latency."""
+    from edgeattack.attacks.blackbox.registry import parse_spec
+    from edgeattack.errors import ConfigError
+
+    if list_blackbox:
+        print_blackbox_attacks()
+        return
+    if budget < 1:
+        raise ConfigError(f"the query budget must be at least 1 query per image, got {budget}")
+    specs = [parse_spec(text) for text in blackbox or ()]
+    if len(engine) > 1 and specs:
+        _transfer(engine, specs, data, split, seed, limit, provider, threads, budget, quantize_inputs,
+                  save_adversarials, out)
+        return
+    failures = []
+    for name in engine:
+        result, written = _evaluate_one(
+            name, perturbations or [], specs, data, split, seed, limit, provider, threads, batch_size,
+            quantize_inputs, latency_runs, latency_seconds, no_latency, budget, save_adversarials,
+            out if len(engine) == 1 else (out if out.suffix != ".json" else out.parent),
+        )
+        print_result(result)
+        typer.echo(f"result: {written}")
+        failures += [(b, written) for b in result.blackbox if b.error]
+    _report_failures(failures)
+
+
+def _evaluate_one(
+    engine: str,
+    perturbations: list[Path],
+    specs: list[object],
+    data: str,
+    split: str,
+    seed: int,
+    limit: int | None,
+    provider: list[str] | None,
+    threads: int | None,
+    batch_size: int,
+    quantize_inputs: bool,
+    latency_runs: int,
+    latency_seconds: float,
+    no_latency: bool,
+    budget: int,
+    save_adversarials: Path | None,
+    out: Path,
+) -> tuple[object, Path]:
     from edgeattack.engines import open_engine
     from edgeattack.evaluate import evaluate
 
     with open_engine(engine, providers=provider, intra_op_threads=threads) as opened:
-        preprocess = PreprocessConfig(input_size=opened.input_size) if data != "digits" else None
-        dataset = load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess)
-        total_batches = -(-len(dataset) // batch_size) * (1 + len(perturbations or ()))
-        with progress_bar(f"evaluating {opened.name}", total=total_batches + 1) as advance:
+        dataset = _dataset(data, split, seed, limit, opened.input_size)
+        with progress_bar(f"evaluating {opened.name}", total=None) as advance:
             result = evaluate(
                 opened,
                 dataset,
-                [Path(p) for p in perturbations or ()],
+                [Path(p) for p in perturbations],
                 batch_size=batch_size,
                 quantize_inputs=quantize_inputs,
                 latency_runs=latency_runs,
                 latency_seconds=latency_seconds,
                 measure_latency=not no_latency,
-                progress=lambda _total, steps: advance(steps),
+                blackbox=specs,  # type: ignore[arg-type]
+                budget=budget,
+                blackbox_dir=save_adversarials,
+                seed=seed,
+                progress=advance_with_total(advance),
             )
     target = out / f"eval-{Path(engine).stem}-{dataset.name}-{dataset.split}.json" if out.suffix != ".json" else out
-    written = result.save(target)
-    print_result(result)
+    return result, result.save(target)
+
+
+def _dataset(data: str, split: str, seed: int, limit: int | None, input_size: tuple[int, int, int]) -> object:
+    from edgeattack.data import PreprocessConfig, load_dataset
+
+    preprocess = PreprocessConfig(input_size=input_size) if data != "digits" else None
+    return load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess)
+
+
+def advance_with_total(advance: object) -> object:
+    """Adapt a progress_bar `advance(steps, total=...)` to evaluate's `progress(total, steps)`."""
+    return lambda total, steps: advance(steps, total=total)  # type: ignore[operator]
+
+
+def _transfer(
+    engines: list[str],
+    specs: list[object],
+    data: str,
+    split: str,
+    seed: int,
+    limit: int | None,
+    provider: list[str] | None,
+    threads: int | None,
+    budget: int,
+    quantize_inputs: bool,
+    save_adversarials: Path | None,
+    out: Path,
+) -> None:
+    from edgeattack.blackbox_transfer import blackbox_transfer
+    from edgeattack.engines import open_engine
+
+    opened = [open_engine(name, providers=provider, intra_op_threads=threads) for name in engines]
+    sizes = {tuple(e.input_size) for e in opened}
+    if len(sizes) != 1:
+        from edgeattack.errors import ConfigError
+
+        raise ConfigError(f"transfer needs engines of one input size, got {sorted(sizes)}")
+    dataset = _dataset(data, split, seed, limit, opened[0].input_size)
+    with progress_bar("black-box transfer", total=None) as advance:
+        report = blackbox_transfer(
+            opened,
+            dataset,  # type: ignore[arg-type]
+            specs,  # type: ignore[arg-type]
+            budget=budget,
+            quantize_inputs=quantize_inputs,
+            seed=seed,
+            artifact_dir=save_adversarials,
+            progress=lambda stage, total, steps: advance(steps, total=total, description=stage),
+        )
+    directory = out if out.suffix != ".json" else out.parent
+    for result in report.results[: len(engines)]:
+        print_result(result)
+    written = report.save(directory / f"transfer-blackbox-{dataset.name}-{dataset.split}.json")
+    print_transfer(report)
     typer.echo(f"result: {written}")
+    _report_failures([(b, written) for r in report.results for b in r.blackbox if b.error])
+
+
+def _report_failures(failures: list[tuple[object, Path]]) -> None:
+    from edgeattack.errors import EngineError
+
+    if not failures:
+        return
+    lines = []
+    for item, path in failures:
+        failed = item.failed_indices  # type: ignore[attr-defined]
+        shown = ", ".join(str(i) for i in failed[:20]) + (" ..." if len(failed) > 20 else "")
+        lines.append(
+            f"{item.label}: the engine failed after {item.images_completed} of {item.images} images "  # type: ignore[attr-defined]
+            f"({item.error}); the finished images' results are saved in {path}; not completed: dataset indices {shown}"  # type: ignore[attr-defined]
+        )
+    raise EngineError("; ".join(lines))
 
 
 def print_result(result: object) -> None:
@@ -109,6 +249,14 @@ def print_result(result: object) -> None:
         )
     console = make_console()
     console.print(table)
+    if result.blackbox:
+        console.print(_blackbox_table(result))
+    worst = result.blackbox_worst_case
+    if worst is not None:
+        console.print(
+            f"black-box worst case over {', '.join(worst.attacks)}: adv_acc {_fmt(worst.metrics.adv_acc)}, "
+            f"asr {_fmt(worst.metrics.asr)} ({worst.images_completed} images)"
+        )
     lat = result.latency
     if lat is not None:
         console.print(
@@ -135,3 +283,67 @@ def _fmt(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _blackbox_table(result: object) -> object:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="black-box attacks (queries per attacked image; norms of successful adversarials)")
+    columns = ("attack", "images", "adv_acc", "asr", "success", "budget", "q_median", "q_mean", "q_max",
+               "l2_med", "linf_med", "wall_s", "ms/query")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "attack" else "right")
+    for b in result.blackbox:  # type: ignore[attr-defined]
+        per_query = b.oracle.get("per_query_ms")
+        table.add_row(
+            escape(b.label) + (" [targeted]" if b.targeted else ""),
+            f"{b.images_completed}/{b.images}",
+            _fmt(b.metrics.adv_acc),
+            _fmt(b.metrics.asr),
+            _fmt(b.success_within_budget),
+            str(b.budget),
+            _fmt(b.queries.median),
+            _fmt(b.queries.mean),
+            _fmt(b.queries.max),
+            _fmt(b.norms.l2_median),
+            _fmt(b.norms.linf_median),
+            f"{b.wall_s:.1f}",
+            "n/a" if per_query is None else f"{per_query:.3f}",
+        )
+    return table
+
+
+def print_transfer(report: object) -> None:
+    """The asr transfer matrices of a black-box transfer run."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgeattack.cli.options import console as make_console
+
+    console = make_console()
+    for matrix in report.matrices:  # type: ignore[attr-defined]
+        table = Table(title=escape(f"transfer of {matrix.attack}: asr (rows: found on, columns: replayed on)"))
+        table.add_column("found on \\ replayed on")
+        for name in matrix.engines:
+            table.add_column(escape(name), justify="right")
+        for name, row in zip(matrix.engines, matrix.asr, strict=True):
+            table.add_row(escape(name), *[_fmt(v) for v in row])
+        console.print(table)
+
+
+def print_blackbox_attacks() -> None:
+    """Every black-box attack with its kind, norms and parameters (defaults)."""
+    from rich.table import Table
+
+    from edgeattack.attacks.blackbox.registry import RUN_KEYS, describe_attacks
+    from edgeattack.cli.options import console as make_console
+
+    table = Table(title=f"black-box attacks (--blackbox NAME[:key=value,...]; also {', '.join(RUN_KEYS)})")
+    for column in ("name", "kind", "norms", "mode", "parameters (defaults)"):
+        table.add_column(column)
+    for name, info in describe_attacks().items():
+        params = ", ".join(f"{k}={v}" for k, v in info["params"].items())
+        mode = "minimal (eps optional)" if info["minimal"] else "bounded"
+        table.add_row(name, info["kind"], "/".join(info["norms"]), mode, params)
+    make_console().print(table)

@@ -97,8 +97,9 @@ def configure_logging(verbose: bool) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields `advance(n)`. Quiet when stderr is not a terminal."""
+def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr; yields `advance(n, total=None, description=None)` (a new total or
+    description replaces the old one). Quiet when stderr is not a terminal."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -114,7 +115,14 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
     ) as progress:
         task = progress.add_task(description, total=total)
 
-        def advance(n: int = 1) -> None:
+        stage = [description]
+
+        def advance(n: int = 1, total: int | None = None, description: str | None = None) -> None:
+            if description is not None and description != stage[0]:
+                stage[0] = description
+                progress.reset(task, total=total, description=description)
+            elif total is not None:
+                progress.update(task, total=total)
             progress.advance(task, n)
 
         yield advance

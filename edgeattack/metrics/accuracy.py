@@ -176,7 +176,8 @@ def perturbation_norms(clean: np.ndarray, adv: np.ndarray) -> PerturbationNorms:
     clean_arr, adv_arr = np.asarray(clean), np.asarray(adv)
     if clean_arr.shape != adv_arr.shape:
         raise ValueError(f"clean {clean_arr.shape} and adversarial {adv_arr.shape} images differ in shape")
-    diff = (adv_arr.astype(np.float64) - clean_arr.astype(np.float64)).reshape(len(clean_arr), -1)
+    per_image = int(np.prod(clean_arr.shape[1:])) if clean_arr.ndim > 1 else 1
+    diff = (adv_arr.astype(np.float64) - clean_arr.astype(np.float64)).reshape(len(clean_arr), per_image)
     if diff.shape[1] == 0:
         zeros = np.zeros(len(clean_arr))
         return PerturbationNorms(l2=zeros, linf=zeros.copy())

@@ -1,0 +1,194 @@
+"""Black-box attacks on one ONNX Runtime engine: edgeattack vs foolbox 3, and the oracle's overhead.
+
+Both libraries attack the same engine (the shipped vit_tiny_digits exported to ONNX fp32, one ORT
+thread) on the same test images, with the same hyper-parameters; foolbox reaches the engine through
+`foolbox.models.NumPyModel` wrapped in a query counter. For each attack the table gives the
+success rate, the median L2 of the successful adversarials, the engine queries and the wall time,
+and for edgeattack the queries its curve needed to reach foolbox's success rate.
+
+The second table is the engine-call overhead of `EngineOracle` (clip, count, budget check, NaN check,
+latency record) against a bare `session.run` loop over the same batches, measured side by side.
+
+Usage: python benchmarks/bench_blackbox.py [--images 32] [--out /tmp/bench_bb]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def export_engine(out: Path) -> Path:
+    import torch
+
+    from edgeattack.export.onnx_export import export_onnx
+    from edgeattack.zoo import create_model
+
+    torch.set_num_threads(1)
+    path = out / "vit_tiny_digits_fp32.onnx"
+    if not path.exists():
+        export_onnx(create_model("vit_tiny_digits"), path)
+    return path
+
+
+def run_foolbox(engine, attack, x: np.ndarray, y: np.ndarray) -> dict:
+    import foolbox as fb
+
+    counter = {"queries": 0}
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        counter["queries"] += len(batch)
+        return engine.infer(np.ascontiguousarray(batch, dtype=np.float32))
+
+    model = fb.models.NumPyModel(predict, bounds=(0.0, 1.0), data_format="channels_first")
+    clean = predict(x).argmax(1)
+    correct = clean == y
+    counter["queries"] = 0
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, adv, success = attack(model, x[correct], fb.criteria.Misclassification(y[correct]), epsilons=None)
+    wall = time.perf_counter() - t0
+    adv, success = np.asarray(adv), np.asarray(success).reshape(-1)
+    l2 = np.sqrt(((adv - x[correct]) ** 2).reshape(len(adv), -1).sum(1))
+    return {
+        "success": float(success.mean()),
+        "l2_median": float(np.median(l2[success])) if success.any() else float("nan"),
+        "queries": counter["queries"],
+        "per_image": counter["queries"] / max(int(correct.sum()), 1),
+        "wall_s": wall,
+    }
+
+
+def run_edgeattack(engine, attack, x: np.ndarray, y: np.ndarray, budget: int | None) -> dict:
+    from edgeattack.attacks.blackbox import EngineOracle, summarise
+
+    engine.reset_counter()
+    oracle = EngineOracle(engine, len(x), budget=budget)
+    t0 = time.perf_counter()
+    outcome = attack(oracle, x, y)
+    wall = time.perf_counter() - t0
+    result = summarise(outcome)
+    attacked = outcome.clean_pred == y
+    queries = int(oracle.queries[attacked].sum() - attacked.sum())  # without the clean query, as foolbox
+    return {
+        "success": float(result.success_within_budget or 0.0),
+        "l2_median": result.norms.l2_median if result.norms.l2_median is not None else float("nan"),
+        "queries": queries,
+        "per_image": queries / max(int(attacked.sum()), 1),
+        "wall_s": wall,
+        "to_success": np.sort(outcome.queries_to_success[outcome.success & attacked]),
+        "attacked": int(attacked.sum()),
+    }
+
+
+def queries_to_reach(run: dict, rate: float) -> str:
+    """Median per-image queries edgeattack needed for `rate` of the attacked images to be adversarial."""
+    needed = int(np.ceil(rate * run["attacked"]))
+    found = run["to_success"]
+    if needed == 0:
+        return "0"
+    if len(found) < needed:
+        return "not reached"
+    return f"{int(found[needed - 1])} (max over the first {needed})"
+
+
+def compare(engine, x: np.ndarray, y: np.ndarray) -> list[str]:
+    import foolbox as fb
+
+    from edgeattack.attacks.blackbox.hopskipjump import HopSkipJump
+    from edgeattack.attacks.blackbox.noise import BlendedUniformNoise, SaltAndPepper
+
+    cases = [
+        (
+            "salt_and_pepper (steps 1000)",
+            fb.attacks.SaltAndPepperNoiseAttack(steps=1000),
+            SaltAndPepper(steps=1000),
+            1001,
+        ),
+        (
+            "blended_noise (directions 1000, steps 1000)",
+            fb.attacks.LinearSearchBlendedUniformNoiseAttack(directions=1000, steps=1000),
+            BlendedUniformNoise(directions=1000, steps=1000),
+            None,
+        ),
+        (
+            "hopskipjump L2 (steps 10)",
+            fb.attacks.HopSkipJumpAttack(steps=10, initial_gradient_eval_steps=100, max_gradient_eval_steps=10000),
+            HopSkipJump(steps=10, initial_gradient_eval_steps=100, max_gradient_eval_steps=10000),
+            None,
+        ),
+    ]
+    lines = [
+        "| attack | library | success | median L2 | queries / image | wall s | edgeattack queries to foolbox's success |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, fb_attack, ea_attack, budget in cases:
+        ours = run_edgeattack(engine, ea_attack, x, y, budget)
+        theirs = run_foolbox(engine, fb_attack, x, y)
+        for name, run in (("foolbox 3.3", theirs), ("edgeattack", ours)):
+            reach = queries_to_reach(ours, theirs["success"]) if name == "edgeattack" else ""
+            lines.append(
+                f"| {label} | {name} | {run['success']:.3f} | {run['l2_median']:.3f} | {run['per_image']:.0f} | "
+                f"{run['wall_s']:.1f} | {reach} |"
+            )
+        lines.append(
+            f"| {label} | ratio foolbox/edgeattack | | | {theirs['per_image'] / max(ours['per_image'], 1e-9):.2f}x | "
+            f"{theirs['wall_s'] / max(ours['wall_s'], 1e-9):.2f}x | |"
+        )
+    return lines
+
+
+def oracle_overhead(engine, x: np.ndarray, repeats: int = 5) -> list[str]:
+    from edgeattack.attacks.blackbox import EngineOracle
+
+    session = engine.session
+    input_name = engine.metadata.input_name
+    lines = ["| batch | bare session.run img/s | EngineOracle img/s | oracle / bare time |", "|---|---|---|---|"]
+    for batch in (1, 16, 64):
+        batches = [x[i : i + batch] for i in range(0, len(x) - batch + 1, batch)][: max(1, 256 // batch)]
+        bare, oracle_t = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for b in batches:
+                session.run(None, {input_name: b})
+            bare.append(time.perf_counter() - t0)
+            oracle = EngineOracle(engine, len(batches) * batch, budget=None, batch_size=batch)
+            t0 = time.perf_counter()
+            for k, b in enumerate(batches):
+                oracle.logits(b, np.arange(k * batch, (k + 1) * batch))
+            oracle_t.append(time.perf_counter() - t0)
+        images = len(batches) * batch
+        b_s, o_s = float(np.median(bare)), float(np.median(oracle_t))
+        lines.append(f"| {batch} | {images / b_s:.0f} | {images / o_s:.0f} | {o_s / b_s:.3f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/bench_bb"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    from edgeattack.data import load_dataset
+    from edgeattack.engines import open_engine
+
+    path = export_engine(args.out)
+    data = load_dataset("digits", split="test", limit=args.images)
+    with open_engine(path, intra_op_threads=1) as engine:
+        print(f"engine {path.name}, providers {engine.providers}, {len(data)} digits test images, 1 ORT thread\n")
+        print("\n".join(compare(engine, data.images, data.labels)))
+        print()
+        print("\n".join(oracle_overhead(engine, load_dataset("digits", split="test").images)))
+
+
+if __name__ == "__main__":
+    main()
