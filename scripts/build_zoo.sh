@@ -15,3 +15,5 @@ done
 edgeattack compress --method minivit --epochs 10 "${teacher[@]}" --out "$out" --seed 0
 edgeattack compress --method sparse24 --epochs 10 "${teacher[@]}" --out "$out" --seed 0
 edgeattack compress --method distill --epochs 60 "${teacher[@]}" --out "$out" --seed 0
+edgeattack compress --method adavit --epochs 25 "${teacher[@]}" --out "$out" --seed 0
+edgeattack compress --method avit --epochs 20 "${teacher[@]}" --out "$out" --seed 0

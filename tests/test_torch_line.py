@@ -35,6 +35,13 @@ TORCH_FREE_MODULES = (
     "edgeattack.artifacts",
     "edgeattack.data",
     "edgeattack.attacks",
+    "edgeattack.attacks.blackbox",
+    "edgeattack.attacks.blackbox.spatial",
+    "edgeattack.attacks.blackbox.noise",
+    "edgeattack.attacks.blackbox.hopskipjump",
+    "edgeattack.attacks.blackbox.square",
+    "edgeattack.blackbox_transfer",
+    "edgeattack.metrics.tokens",
     "edgeattack.export",
 )
 
@@ -163,3 +170,19 @@ def test_evaluate_end_to_end_without_torch(blocker_dir, tmp_path):
     assert doc["perturbations"][0]["images_evaluated"] == 12
     assert doc["latency"]["batch_size"] == 4
     assert doc["engine"]["backend"] == "onnxruntime"
+
+
+def test_blackbox_attacks_and_transfer_run_without_torch(blocker_dir, tmp_path):
+    """`edgeattack evaluate` with black-box attacks on two ONNX engines, in a process without torch."""
+    pytest.importorskip("onnxruntime")
+    engine = _export_onnx(tmp_path / "vit_a.onnx")
+    other = tmp_path / "vit_b.onnx"
+    other.write_bytes(engine.read_bytes())
+    args = ["-m", "edgeattack.cli.app", "evaluate", "-e", str(engine), "-e", str(other), "--limit", "6",
+            "-B", "spatial", "-B", "square:eps=0.1", "--budget", "40", "-o", str(tmp_path / "out")]
+    completed = run_without_torch(args, blocker_dir, timeout=300)
+    assert completed.returncode == 0, f"{completed.stdout}\n{completed.stderr}"
+    doc = json.loads(next((tmp_path / "out").glob("transfer-blackbox-*.json")).read_text())
+    assert [m["attack"] for m in doc["matrices"]] == ["spatial", "square:eps=0.1"]
+    attacked = doc["results"][0]["blackbox"]
+    assert all(b["queries"]["max"] <= 40 for b in attacked)

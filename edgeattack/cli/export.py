@@ -25,6 +25,15 @@ def export_command(
     calib_images: Annotated[int, typer.Option(help="Calibration images (a seeded random subset of the split).", min=1)] = 128,
     parity_split: Annotated[str, typer.Option(help="Split of the real images used for the parity check.")] = "test",
     parity_images: Annotated[int, typer.Option(help="Images for the parity check (0 skips it).", min=0)] = 256,
+    token_cap: Annotated[
+        str | None,
+        typer.Option(
+            "--token-cap",
+            help="Token-sparse models: the availability defence, at most N tokens per block. 'auto' or 'auto:Q' "
+            "sets it per block to the Q quantile (default 0.95) of clean counts on --cap-split; or N / N,N,...",
+        ),
+    ] = None,
+    cap_split: Annotated[str, typer.Option(help="Clean split that sets an automatic token cap.")] = "val",
     checkpoint: CheckpointOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
@@ -40,6 +49,18 @@ def export_command(
 
     def dataset(data: str, split: str, limit: int | None, shuffle: bool = False) -> object:
         return load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess, shuffle=shuffle)
+
+    if token_cap is not None:
+        from edgeattack.sparsity.defence import parse_token_cap, token_cap_from_clean, with_token_cap
+
+        mode, value = parse_token_cap(token_cap)
+        caps = (
+            token_cap_from_clean(net, dataset(calib_data, cap_split, None), quantile=float(value))  # type: ignore[arg-type]
+            if mode == "auto"
+            else value
+        )
+        net = with_token_cap(net, caps)
+        typer.echo(f"token cap per block: {list(net.net.token_cap)}")
 
     needs_calibration = precision == "int8" and quantization == "static"
     outcome = export_engine(

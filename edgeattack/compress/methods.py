@@ -20,6 +20,9 @@ METHODS: dict[str, str] = {
     "minivit": "edgeattack.compress.minivit:compress_minivit",
     "dynamicvit": "edgeattack.compress.methods:compress_dynamicvit",
     "sparse24": "edgeattack.compress.sparse24:compress_sparse24",
+    "avit": "edgeattack.sparsity.avit_train:compress_avit",
+    "ats": "edgeattack.sparsity.ats:compress_ats",
+    "adavit": "edgeattack.sparsity.adavit_train:compress_adavit",
 }
 """Method name -> "module:function" with the signature (teacher, train, val, **params) -> (model, report)."""
 

@@ -21,7 +21,12 @@ METADATA_SCHEMA = 1
 
 @dataclass(frozen=True)
 class EngineMetadata:
-    """The contract between an exported engine and everything that runs it (DESIGN.md)."""
+    """The contract between an exported engine and everything that runs it (DESIGN.md).
+
+    `token_sparsity` is empty except for token-sparse models (ATS, A-ViT, AdaViT), whose engines
+    have the extra output `token_counts`: it records the mechanism, depth, num_tokens, drop mode,
+    token cap and the architecture (`edgeattack.metrics.tokens.arch_from_metadata`) for GFLOPs.
+    """
 
     input_name: str
     input_shape: tuple[int | str, ...]
@@ -39,6 +44,7 @@ class EngineMetadata:
     parity: dict[str, Any] = field(default_factory=dict)
     batch_dependent: bool = False
     exporter: str = ""
+    token_sparsity: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
     schema_version: int = METADATA_SCHEMA
 
@@ -85,6 +91,7 @@ class EngineMetadata:
                 parity=dict(doc.get("parity", {})),
                 batch_dependent=bool(doc.get("batch_dependent", False)),
                 exporter=str(doc.get("exporter", "")),
+                token_sparsity=dict(doc.get("token_sparsity") or {}),
                 version=str(doc.get("version", "")),
                 schema_version=schema,
             )

@@ -10,6 +10,13 @@ The exporter is torch's TorchScript-based one (`dynamo=False`): it is fast (abou
 digits ViT against 5 s for the dynamo exporter), it names every node after the module that
 produced it (`/model/net/blocks/blocks.0/attn/qkv/MatMul`), and at opset 17 it emits one
 `LayerNormalization` node per LayerNorm, which ONNX Runtime and TensorRT run as such.
+
+A token-sparse model (ATS, A-ViT, AdaViT: `model.token_sparse`) is exported through its
+`forward_counts`, with a second output `token_counts` (int64 [batch, depth], the tokens each block
+processes per image, dynamic batch axis), `extra_outputs=("token_counts",)` and the mechanism in
+the metadata's `token_sparsity`. With physical dropping the graph holds data-dependent shapes
+(ReduceMax -> Range -> ScatterElements / GatherElements), so fewer kept tokens mean less work in
+ONNX Runtime too.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = LOGITS
+TOKEN_COUNTS = "token_counts"
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_OPSET = 17
 MIN_OPSET = 14  # scaled_dot_product_attention needs 14 (per-axis int8 Q/DQ needs 13)
@@ -54,8 +62,10 @@ def export_onnx(
     onnx = require("onnx", feature="ONNX export")
     _check_options(precision, opset)
     metadata = _metadata_for(model, precision, opset, torch.__version__)
+    token_sparse = bool(getattr(model, "token_sparse", False))
+    output_names = list(metadata.output_names)
     was_training = model.training
-    module = _export_wrapper(model, half=precision == "fp16").eval()
+    module = _export_wrapper(model, half=precision == "fp16", counts=token_sparse).eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.rand((example_batch, *model.config.input_size), generator=generator)
     buffer = io.BytesIO()
@@ -68,8 +78,8 @@ def export_onnx(
                 (example,),
                 buffer,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                output_names=output_names,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
                 opset_version=opset,
                 do_constant_folding=True,
                 dynamo=False,
@@ -133,18 +143,26 @@ def _metadata_for(model: Any, precision: str, opset: int, torch_version: str) ->
     if not hasattr(model, "config") or not hasattr(model, "model_name"):
         raise ConfigError("export_onnx needs a zoo model (edgeattack.zoo.create_model), not a bare module")
     metadata = metadata_for_model(model, precision=precision)
+    extra: dict[str, Any] = {}
+    if getattr(model, "token_sparse", False):
+        from edgeattack.sparsity.base import token_sparsity_info
+
+        extra = {"extra_outputs": [TOKEN_COUNTS], "token_sparsity": token_sparsity_info(model)}
     return metadata.replace(
         input_name=INPUT_NAME,
-        output_names=[OUTPUT_NAME],
+        output_names=[OUTPUT_NAME, *extra.get("extra_outputs", [])],
         opset=opset,
         exporter=f"torch.onnx {torch_version} (torchscript)",
+        **extra,
     )
 
 
-def _export_wrapper(model: Any, *, half: bool) -> Any:
+def _export_wrapper(model: Any, *, half: bool, counts: bool = False) -> Any:
     """float32 images -> float32 logits around `model`, half precision inside when `half`.
 
     Distilled models that return (class, distillation) logits are averaged, as timm does in eval.
+    With `counts` (token-sparse models) the wrapper returns (logits, int64 token counts) from
+    `model.forward_counts`.
     """
     torch = require("torch", feature="ONNX export")
 
@@ -154,9 +172,16 @@ def _export_wrapper(model: Any, *, half: bool) -> Any:
             self.model = copy.deepcopy(model).half() if half else model
 
         def forward(self, images: Any) -> Any:
-            logits = self.model(images.half() if half else images)
+            images = images.half() if half else images
+            if counts:
+                logits, token_counts = self.model.forward_counts(images)
+                return _float32(logits), token_counts if token_counts.dtype == torch.int64 else token_counts.long()
+            logits = self.model(images)
             if isinstance(logits, (tuple, list)):
                 logits = (logits[0] + logits[1]) / 2
-            return logits if logits.dtype == torch.float32 else logits.float()  # no Cast node in fp32
+            return _float32(logits)
+
+    def _float32(logits: Any) -> Any:
+        return logits if logits.dtype == torch.float32 else logits.float()  # no Cast node in fp32
 
     return ExportWrapper()

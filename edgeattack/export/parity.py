@@ -1,7 +1,9 @@
 """Parity of an exported engine with the PyTorch model it came from, on real images.
 
 `check_parity` runs the torch model and the engine (through `open_engine`, as everything else
-runs it) on the same images and reports top-1 agreement, logit differences and both accuracies;
+runs it) on the same images and reports top-1 agreement, logit differences and both accuracies,
+and for token-sparse engines (extra output `token_counts`) how exactly the per-block token counts
+agree with the model's `forward_counts`;
 `record_parity` stores the report in the engine's metadata, so every later result can say how
 faithful the engine it ran on was.
 """
@@ -18,9 +20,10 @@ import numpy as np
 
 from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
+from edgeattack.engines.base import LOGITS
 from edgeattack.errors import ConfigError, EngineError
 from edgeattack.export.metadata import EngineMetadata, read_onnx_metadata
-from edgeattack.export.onnx_export import write_onnx_metadata
+from edgeattack.export.onnx_export import TOKEN_COUNTS, write_onnx_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,9 @@ class ParityReport:
     torch_acc: float
     engine_acc: float
     dataset: str = ""
+    token_count_agreement: float | None = None  # images whose counts agree in every block (token-sparse)
+    token_count_block_agreement: float | None = None  # (image, block) counts that agree exactly
+    max_abs_token_count_diff: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +52,12 @@ class ParityReport:
             f"top-1 agreement {self.top1_agreement:.4f}, max |dlogit| {self.max_abs_logit_diff:.3g}, "
             f"mean |dlogit| {self.mean_abs_logit_diff:.3g}, accuracy torch {self.torch_acc:.4f} "
             f"/ engine {self.engine_acc:.4f}"
+            + (
+                ""
+                if self.token_count_agreement is None
+                else f", token counts agree on {self.token_count_agreement:.4f} of images "
+                f"(max |dcount| {self.max_abs_token_count_diff})"
+            )
         )
 
 
@@ -61,6 +73,24 @@ def torch_logits(model: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
                 logits = (logits[0] + logits[1]) / 2
             parts.append(logits.float().cpu().numpy())
     return np.concatenate(parts)
+
+
+def torch_counts(model: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Per-block token counts [N, depth] of a token-sparse torch model, in eval mode without gradients."""
+    torch = require("torch", feature="parity checks")
+    model.eval()
+    with torch.no_grad():
+        parts = [
+            model.forward_counts(torch.from_numpy(images[start : start + batch_size]))[1].cpu().numpy()
+            for start in range(0, len(images), batch_size)
+        ]
+    return np.concatenate(parts).astype(np.int64)
+
+
+def engine_outputs(engine: Any, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """Every output of an active engine by name, `batch_size` images per call."""
+    parts = [engine.run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def engine_logits(engine: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -87,11 +117,15 @@ def check_parity(
     subset = dataset.take(num_images)
     with open_engine(onnx_path, providers=providers) as engine:
         _warn_on_other_source(model, engine.metadata)
-        theirs = engine_logits(engine, subset.images, batch_size)
+        outputs = engine_outputs(engine, subset.images, batch_size)
+    theirs = outputs[LOGITS]
     ours = torch_logits(model, subset.images, batch_size)
     if ours.shape != theirs.shape:
         raise EngineError(f"torch model gives logits {ours.shape}, engine {onnx_path} gives {theirs.shape}")
     diff = np.abs(ours - theirs)
+    counts: dict[str, Any] = {}
+    if TOKEN_COUNTS in outputs and getattr(model, "token_sparse", False):
+        counts = _count_agreement(torch_counts(model, subset.images, batch_size), outputs[TOKEN_COUNTS], onnx_path)
     report = ParityReport(
         n_images=len(subset),
         top1_agreement=float((ours.argmax(1) == theirs.argmax(1)).mean()),
@@ -100,9 +134,21 @@ def check_parity(
         torch_acc=float((ours.argmax(1) == subset.labels).mean()),
         engine_acc=float((theirs.argmax(1) == subset.labels).mean()),
         dataset=subset.spec,
+        **counts,
     )
     logger.info("%s: %s", Path(onnx_path).name, report.summary())
     return report
+
+
+def _count_agreement(ours: np.ndarray, theirs: np.ndarray, onnx_path: str | Path) -> dict[str, Any]:
+    if ours.shape != theirs.shape:
+        raise EngineError(f"torch model gives token counts {ours.shape}, engine {onnx_path} gives {theirs.shape}")
+    equal = ours == theirs.astype(np.int64)
+    return {
+        "token_count_agreement": float(equal.all(axis=1).mean()),
+        "token_count_block_agreement": float(equal.mean()),
+        "max_abs_token_count_diff": int(np.abs(ours - theirs.astype(np.int64)).max()),
+    }
 
 
 def record_parity(onnx_path: str | Path, report: ParityReport) -> EngineMetadata:

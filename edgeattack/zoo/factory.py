@@ -13,7 +13,7 @@ from typing import Any
 
 from edgeattack._io import sha256_file
 from edgeattack._lazy import require
-from edgeattack.errors import EdgeAttackError
+from edgeattack.errors import ConfigError, EdgeAttackError
 from edgeattack.zoo.config import ModelConfig
 from edgeattack.zoo.manifest import shipped_weights
 from edgeattack.zoo.registry import get_entry
@@ -39,6 +39,30 @@ class ZooModel(nn.Module):
 
     def forward(self, images: Any) -> Any:
         return self.net((images - self.mean) / self.std)
+
+    @property
+    def token_sparse(self) -> bool:
+        """True when the network drops tokens per image (ATS, A-ViT, AdaViT: `edgeattack.sparsity.base`)."""
+        net = self.net
+        return (
+            callable(getattr(net, "forward_counts", None))
+            and callable(getattr(net, "usage", None))
+            and bool(getattr(net, "mechanism", ""))
+        )
+
+    def forward_counts(self, images: Any) -> tuple[Any, Any]:
+        """(logits, token counts int64 [N, depth]) of [0,1] images; token-sparse models only."""
+        self._require_token_sparse()
+        return self.net.forward_counts((images - self.mean) / self.std)
+
+    def usage(self, images: Any) -> tuple[Any, Any]:
+        """(logits, differentiable token usage [N, depth] in [0,1]) of [0,1] images; token-sparse models only."""
+        self._require_token_sparse()
+        return self.net.usage((images - self.mean) / self.std)
+
+    def _require_token_sparse(self) -> None:
+        if not self.token_sparse:
+            raise ConfigError(f"model {self.model_name} is not token-sparse (ats/avit/adavit)")
 
 
 def create_model(

@@ -1,0 +1,113 @@
+"""`edgeattack availability`: clean vs perturbed inputs on a token-sparse engine (DeSparsify's tables).
+
+Needs only numpy and a runtime: an ONNX export of an ATS / A-ViT / AdaViT model carries a
+`token_counts` output and its architecture in the metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgeattack.cli.options import (
+    DataOpt,
+    LimitOpt,
+    ProviderOpt,
+    SeedOpt,
+    SplitOpt,
+    ThreadsOpt,
+    handle_errors,
+    progress_bar,
+)
+
+
+@handle_errors
+def availability_command(
+    engine: Annotated[str, typer.Option("--engine", "-e", help="A token-sparse engine (.onnx with token_counts).")],
+    perturbations: Annotated[
+        list[Path] | None,
+        typer.Option("--perturbations", "-p", help="Perturbation artifact (.npz), e.g. from DeSparsify. Repeatable."),
+    ] = None,
+    data: DataOpt = "digits",
+    split: SplitOpt = "test",
+    seed: SeedOpt = 0,
+    limit: LimitOpt = None,
+    provider: ProviderOpt = None,
+    threads: ThreadsOpt = 1,
+    latency_images: Annotated[int, typer.Option(help="Images timed one by one (interleaved passes).", min=0)] = 64,
+    latency_batch: Annotated[int, typer.Option(help="Batch size of the latency measurement.", min=1)] = 1,
+    latency_rounds: Annotated[int, typer.Option(help="Timed runs per image (their median counts).", min=1)] = 5,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory (or .json path) for the result; never overwritten.")
+    ] = Path("results"),
+) -> None:
+    """Accuracy, TUR, GFLOPs, latency, memory and energy, clean vs each perturbation, with ratios."""
+    from edgeattack.availability import evaluate_availability
+    from edgeattack.data import PreprocessConfig, load_dataset
+    from edgeattack.engines import open_engine
+
+    with open_engine(engine, providers=provider, intra_op_threads=threads) as opened:
+        preprocess = PreprocessConfig(input_size=opened.input_size) if data != "digits" else None
+        dataset = load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess)
+        with progress_bar(f"availability of {opened.name}") as advance:
+            result = evaluate_availability(
+                opened,
+                dataset,
+                [Path(p) for p in perturbations or ()],
+                latency_images=latency_images,
+                latency_batch=latency_batch,
+                latency_rounds=latency_rounds,
+                progress=lambda total, steps: advance(steps, total=total),
+            )
+    target = out if out.suffix == ".json" else out / f"availability-{Path(engine).stem}-{dataset.name}-{dataset.split}.json"
+    written = result.save(target)
+    print_availability(result)
+    typer.echo(f"result: {written}")
+
+
+def print_availability(result: object) -> None:
+    """The DeSparsify-style table of an AvailabilityResult."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgeattack.availability import AvailabilityResult
+    from edgeattack.cli.options import console as make_console
+
+    assert isinstance(result, AvailabilityResult)
+    info = result.token_sparsity or {}
+    title = f"{Path(str(result.engine.get('source'))).name} ({info.get('mechanism', 'not token-sparse')}) on {result.dataset['spec']}"
+    table = Table(title=escape(title))
+    columns = ("pass", "accuracy", "kept", "tur", "gflops", "lat_med_ms", "lat_mean_ms", "energy_mJ*",
+               "x latency", "x gflops", "tur gap closed")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "pass" else "right")
+    for p in result.passes:
+        table.add_row(
+            escape(p.label),
+            _fmt(p.accuracy),
+            _fmt(p.prediction_kept),
+            _fmt(p.tur),
+            _fmt(p.gflops, 5),
+            _fmt(None if p.latency is None else p.latency.median_ms, 3),
+            _fmt(None if p.latency is None else p.latency.mean_ms, 3),
+            _fmt(p.energy.get("estimate_mj"), 4),
+            _fmt(p.ratios.get("latency_median"), 3),
+            _fmt(p.ratios.get("gflops"), 3),
+            _fmt(p.gap_closed.get("tur"), 3),
+        )
+    console = make_console()
+    console.print(table)
+    if result.tur_reason:
+        console.print(f"tur: null ({result.tur_reason})")
+    console.print(f"* energy: {result.clean.energy['estimate_method'] or 'n/a'}; measured: null ({result.clean.energy['reason']})")
+    lat = result.settings
+    console.print(
+        f"latency: batch {lat['latency_batch']}, {lat['latency_images']} images x {lat['latency_rounds']} rounds, "
+        "passes interleaved; ratios are adversarial / clean on the same images"
+    )
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

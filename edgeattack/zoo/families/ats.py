@@ -1,0 +1,37 @@
+"""ATS, the parameter-free Adaptive Token Sampler (Fayyaz et al., ECCV 2022) (no torch here).
+
+ATS samples tokens inside the attention of blocks 2..5 of the digits ViT's 6 (3..11 of DeiT-S's
+12, as in the paper) from the class token's attention times the value norms, so the kept count
+varies per image; see `edgeattack.sparsity.ats`. Having no parameters, it needs no training:
+`ats_tiny_digits` runs on vit_tiny_digits' shipped weights (loaded by its builder, no weights file
+of its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from edgeattack.zoo.catalog import DIGITS_CONFIG
+from edgeattack.zoo.config import ModelConfig
+from edgeattack.zoo.registry import register_model
+
+_TARGET = "edgeattack.sparsity.ats:build_ats"
+
+register_model(
+    "ats_tiny_digits",
+    _TARGET,
+    dataclasses.replace(DIGITS_CONFIG, family="ats"),
+    description=(
+        "ATS on vit_tiny_digits, adaptive token sampling in blocks 2..5, parameter-free "
+        "(runs on vit_tiny_digits' shipped weights, no training)"
+    ),
+)
+register_model(
+    "ats_deit_small_patch16_224",
+    _TARGET,
+    ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.875, interpolation="bicubic", family="ats"),
+    description=(
+        "ATS on DeiT-S, adaptive token sampling in blocks 3..11, parameter-free "
+        "(random weights; timm's DeiT-S when pretrained online, or --checkpoint)"
+    ),
+)

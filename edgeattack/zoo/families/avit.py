@@ -1,0 +1,29 @@
+"""A-ViT adaptive token halting (Yin et al. 2022) on the digits ViT and on DeiT-S (no torch here).
+
+Tokens halt when their cumulative halting score, read from the first embedding channel, reaches
+0.99; the class token never halts. See `edgeattack.sparsity.avit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from edgeattack.zoo.catalog import DIGITS_CONFIG
+from edgeattack.zoo.config import ModelConfig
+from edgeattack.zoo.registry import register_model
+
+_TARGET = "edgeattack.sparsity.avit:build_avit"
+
+register_model(
+    "avit_tiny_digits",
+    _TARGET,
+    dataclasses.replace(DIGITS_CONFIG, family="avit"),
+    description="A-ViT on vit_tiny_digits, input-dependent token halting (shipped; rebuilt by scripts/build_zoo.sh)",
+    shipped=True,
+)
+register_model(
+    "avit_deit_small_patch16_224",
+    _TARGET,
+    ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.875, interpolation="bicubic", family="avit"),
+    description="A-ViT on DeiT-S, gate 10/75 as in NVlabs/A-ViT (random weights; --checkpoint for trained ones)",
+)
