@@ -42,6 +42,8 @@ TORCH_FREE_MODULES = (
     "edgeattack.attacks.blackbox.square",
     "edgeattack.blackbox_transfer",
     "edgeattack.metrics.tokens",
+    "edgeattack.availability",
+    "edgeattack.cli.availability",
     "edgeattack.export",
 )
 

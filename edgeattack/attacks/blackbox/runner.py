@@ -68,7 +68,7 @@ def run_blackbox(
     budget: int | None = DEFAULT_BUDGET,
     quantize_inputs: bool = False,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = 32,
     artifact_dir: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BlackBoxRun:

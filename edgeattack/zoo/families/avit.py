@@ -22,6 +22,12 @@ register_model(
     shipped=True,
 )
 register_model(
+    "avit_deit_tiny_patch16_224",
+    _TARGET,
+    ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.875, interpolation="bicubic", family="avit"),
+    description="A-ViT on DeiT-Ti, gate 10/30 as in NVlabs/A-ViT (random weights; --checkpoint for trained ones)",
+)
+register_model(
     "avit_deit_small_patch16_224",
     _TARGET,
     ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.875, interpolation="bicubic", family="avit"),
