@@ -38,8 +38,11 @@ def models_command(
     table.add_column("description", overflow="fold")
     for entry in list_models(pattern, family=family):
         shipped = manifest.get(entry.name)
+        borrowed = manifest.get(entry.weights_of) if entry.weights_of else None
         weights = "shipped" if shipped else ("missing" if entry.shipped else "timm/--checkpoint")
-        params = f"{shipped.params:,}" if shipped else ""
+        if borrowed is not None:
+            weights = f"shipped ({entry.weights_of})"
+        params = f"{shipped.params:,}" if shipped else (f"{borrowed.params:,}" if borrowed else "")
         extra: list[str] = []
         if details:
             from edgeattack.zoo.profile import profile_model

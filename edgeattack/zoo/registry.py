@@ -25,6 +25,8 @@ class ModelEntry:
     config: ModelConfig
     description: str = ""
     shipped: bool = False
+    weights_of: str = ""
+    """The shipped model whose weights this entry runs on (a parameter-free mechanism such as ATS)."""
 
     @property
     def family(self) -> str:
@@ -39,12 +41,20 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, target: str, config: ModelConfig, *, description: str = "", shipped: bool = False
+    name: str,
+    target: str,
+    config: ModelConfig,
+    *,
+    description: str = "",
+    shipped: bool = False,
+    weights_of: str = "",
 ) -> ModelEntry:
     """Register `name`; `target` is "module:function" called as function(name, config, **kwargs)."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    entry = ModelEntry(name=name, target=target, config=config, description=description, shipped=shipped)
+    entry = ModelEntry(
+        name=name, target=target, config=config, description=description, shipped=shipped, weights_of=weights_of
+    )
     _REGISTRY[name] = entry
     return entry
 

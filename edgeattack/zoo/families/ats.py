@@ -25,6 +25,7 @@ register_model(
         "ATS on vit_tiny_digits, adaptive token sampling in blocks 2..5, parameter-free "
         "(runs on vit_tiny_digits' shipped weights, no training)"
     ),
+    weights_of="vit_tiny_digits",
 )
 register_model(
     "ats_deit_tiny_patch16_224",
