@@ -44,6 +44,8 @@ TORCH_FREE_MODULES = (
     "edgeattack.metrics.tokens",
     "edgeattack.availability",
     "edgeattack.cli.availability",
+    "edgeattack.bundle",
+    "edgeattack.cli.bundle",
     "edgeattack.export",
 )
 

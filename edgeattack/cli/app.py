@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from edgeattack import __version__
-from edgeattack.cli import attack, availability, compress, demo, evaluate, export, models, profile, train
+from edgeattack.cli import attack, availability, bundle, compress, demo, evaluate, export, models, profile, train
 from edgeattack.cli.options import CliState, configure_logging
 
 app = typer.Typer(
@@ -49,6 +49,8 @@ app.command("export")(export.export_command)
 app.command("attack")(attack.attack_command)
 app.command("evaluate")(evaluate.evaluate_command)
 app.command("availability")(availability.availability_command)
+app.command("bundle")(bundle.bundle_command)
+app.command("merge")(bundle.merge_command)
 app.command("demo")(demo.demo_command)
 app.command("profile")(profile.profile_command)
 

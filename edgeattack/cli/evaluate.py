@@ -27,14 +27,14 @@ from edgeattack.cli.options import (
 @handle_errors
 def evaluate_command(
     engine: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
             "--engine",
             "-e",
             help="Engine: an .onnx file, a TensorRT plan, or a zoo model name. Repeat it to evaluate several "
             "engines; with --blackbox, each engine's adversarial examples are then replayed on the others (transfer).",
         ),
-    ],
+    ] = None,
     perturbations: Annotated[
         list[Path] | None,
         typer.Option("--perturbations", "-p", help="Perturbation artifact (.npz) to replay. Repeatable."),
@@ -71,6 +71,14 @@ def evaluate_command(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory (or .json path) for the result; never overwritten.")
     ] = Path("results"),
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            help="Run an on-device bundle (edgeattack bundle): its engines, artifacts, data and settings, "
+            "verified first; results go to --out.",
+        ),
+    ] = None,
 ) -> None:
     """Replay artifacts and run black-box attacks on ENGINE: clean_acc, adv_acc, asr, queries, norms, latency."""
     from edgeattack.attacks.blackbox.registry import parse_spec
@@ -79,6 +87,14 @@ def evaluate_command(
     if list_blackbox:
         print_blackbox_attacks()
         return
+    engine = engine or []
+    if bundle is not None:
+        if engine or perturbations or blackbox:
+            raise ConfigError("--bundle carries its own engines, artifacts and attacks: drop --engine, -p and -B")
+        _run_bundle(bundle, provider, threads, save_adversarials, out if out.suffix != ".json" else out.parent)
+        return
+    if not engine:
+        raise ConfigError("name an engine with --engine (or run a bundle with --bundle)")
     if budget < 1:
         raise ConfigError(f"the query budget must be at least 1 query per image, got {budget}")
     specs = [parse_spec(text) for text in blackbox or ()]
@@ -97,6 +113,34 @@ def evaluate_command(
         typer.echo(f"result: {written}")
         failures += [(b, written) for b in result.blackbox if b.error]
     _report_failures(failures)
+
+
+def _run_bundle(
+    bundle: Path, provider: list[str] | None, threads: int | None, save_adversarials: Path | None, out: Path
+) -> None:
+    """Verify and run an on-device bundle, printing each engine's result as it is written."""
+    import tempfile
+
+    from edgeattack.bundle import open_bundle, run_bundle
+
+    with tempfile.TemporaryDirectory(prefix="edgeattack-bundle-") as workdir:
+        opened = open_bundle(bundle, Path(workdir) / "bundle")
+        typer.echo(f"bundle {bundle.name} verified (sha256 {opened.sha256})")
+        written: list[Path] = []
+        with progress_bar(f"bundle {bundle.name}", total=None) as advance:
+            results = run_bundle(
+                opened,
+                out_dir=out,
+                providers=provider,
+                threads=threads,
+                blackbox_dir=save_adversarials,
+                progress=lambda name, total, steps: advance(steps, total=total, description=f"evaluating {name}"),
+                paths=written,
+            )
+    for result, path in zip(results, written, strict=True):
+        print_result(result)
+        typer.echo(f"result: {path}")
+    _report_failures([(b, path) for result, path in zip(results, written, strict=True) for b in result.blackbox if b.error])
 
 
 def _evaluate_one(
