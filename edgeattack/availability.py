@@ -168,6 +168,18 @@ def _energy(gflops: float | None) -> dict[str, Any]:
     }
 
 
+def _pass_energy(engine: Engine, images: np.ndarray, meter: Any, window_s: float, gflops: float | None) -> dict[str, Any]:
+    """The labelled estimate, plus a measurement when `meter` measures (None: no meter asked for)."""
+    if meter is None or getattr(meter, "kind", "none") != "measured":
+        reason = NO_METER_REASON if meter is None else str(getattr(meter, "reason", NO_METER_REASON))
+        return {**_energy(gflops), "reason": reason}
+    from edgeattack.metrics.energy import energy_summary, measure_energy
+
+    batch = np.ascontiguousarray(images)
+    reading = measure_energy(lambda: engine.run(batch), meter, min_window_s=window_s, inferences_per_call=len(batch))
+    return energy_summary(reading, gflops_per_inference=gflops)
+
+
 def _ratio(adv: float | None, clean: float | None) -> float | None:
     return None if adv is None or not clean else adv / clean
 
@@ -248,9 +260,18 @@ def evaluate_availability(
     latency_batch: int = 1,
     latency_rounds: int = 5,
     measure_memory: bool = True,
+    meter: str | None = None,
+    device: str = "cpu",
+    energy_images: int = 16,
+    energy_window_s: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> AvailabilityResult:
-    """Clean vs each perturbation on `engine`: accuracy, TUR, GFLOPs, latency, memory, energy, ratios."""
+    """Clean vs each perturbation on `engine`: accuracy, TUR, GFLOPs, latency, memory, energy, ratios.
+
+    `meter` ("auto", "nvml", "jetson", "rapl", or None for no measurement) measures the energy of
+    each pass on its first `energy_images` images, repeated for at least `energy_window_s` seconds,
+    idle power subtracted (`edgeattack.metrics.energy`); the labelled estimate is always reported.
+    """
     if latency_images < 0 or latency_batch < 1 or latency_rounds < 1 or batch_size < 1:
         raise ConfigError("latency_images >= 0, latency_batch >= 1, latency_rounds >= 1 and batch_size >= 1")
     owned = not isinstance(engine, Engine)
@@ -263,8 +284,15 @@ def evaluate_availability(
                 f"holds {tuple(dataset.input_shape)}"
             )
         passes = _passes(dataset, perturbations, eng)
+        energy_meter = None
+        if meter is not None:
+            from edgeattack.metrics.energy import select_meter
+
+            energy_meter = select_meter(meter, device=device)
+            if energy_meter.kind == "measured":
+                energy_meter.measure_idle(1.0)
         return _evaluate(eng, dataset, passes, batch_size, latency_images, latency_batch, latency_rounds,
-                         measure_memory, progress)
+                         measure_memory, progress, energy_meter, energy_images, energy_window_s)
     finally:
         if owned:
             eng.deactivate()
@@ -280,6 +308,9 @@ def _evaluate(
     latency_rounds: int,
     measure_memory: bool,
     progress: Callable[[int, int], None] | None,
+    energy_meter: Any = None,
+    energy_images: int = 16,
+    energy_window_s: float = 1.0,
 ) -> AvailabilityResult:
     info = dict(engine.metadata.token_sparsity or {}) if hasattr(engine.metadata, "token_sparsity") else {}
     has_counts = TOKEN_COUNTS in engine.extra_outputs and bool(info)
@@ -327,7 +358,8 @@ def _evaluate(
                 gflops=None if g is None else g.mean,
                 latency=stats,
                 memory=memory,
-                energy=_energy(None if g is None else g.mean),
+                energy=_pass_energy(engine, p.images[:energy_images], energy_meter, energy_window_s,
+                                    None if g is None else g.mean),
                 artifact_path=p.path,
             )
         )
@@ -339,7 +371,8 @@ def _evaluate(
         token_sparsity=info or None,
         tur_reason=reason,
         passes=tuple(results),
-        settings={"batch_size": batch_size, "latency_images": n_timed, "latency_batch": latency_batch,
+        settings={"meter": None if energy_meter is None else getattr(energy_meter, "name", None),
+                  "batch_size": batch_size, "latency_images": n_timed, "latency_batch": latency_batch,
                   "latency_rounds": latency_rounds, "measure_memory": measure_memory},
     )
 
@@ -355,6 +388,7 @@ def _with_ratios(item: AvailabilityPass, clean: AvailabilityPass, info: dict[str
         "latency_median": None if lat is None or lat0 is None else _ratio(lat.median_ms, lat0.median_ms),
         "memory": _ratio(mem, mem0),
         "energy_estimate": _ratio(item.energy["estimate_mj"], clean.energy["estimate_mj"]),
+        "energy_measured": _ratio(item.energy.get("measured_mj"), clean.energy.get("measured_mj")),
         "tur": _ratio(item.tur, clean.tur),
         "gflops": _ratio(item.gflops, clean.gflops),
     }

@@ -46,7 +46,7 @@ def _artifact(delta: np.ndarray, kind: str = "universal", indices=None) -> Pertu
 
 def test_availability_measures_tokens_from_the_engine(ats_engine, ats_model, small, tmp_path):
     noise = _artifact(np.random.default_rng(0).uniform(-0.1, 0.1, (1, 3, 32, 32)))
-    result = evaluate_availability(ats_engine, small, [noise], latency_images=4, latency_rounds=2)
+    result = evaluate_availability(ats_engine, small, [noise], latency_images=4, latency_rounds=2, meter="auto")
     clean, noisy = result.passes
     with torch.no_grad():
         counts = ats_model.forward_counts(torch.from_numpy(small.images))[1].numpy()

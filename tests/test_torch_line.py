@@ -45,6 +45,8 @@ TORCH_FREE_MODULES = (
     "edgeattack.availability",
     "edgeattack.cli.availability",
     "edgeattack.bundle",
+    "edgeattack.metrics.energy",
+    "edgeattack.metrics.energy.select",
     "edgeattack.cli.bundle",
     "edgeattack.export",
 )

@@ -39,6 +39,11 @@ def availability_command(
     latency_images: Annotated[int, typer.Option(help="Images timed one by one (interleaved passes).", min=0)] = 64,
     latency_batch: Annotated[int, typer.Option(help="Batch size of the latency measurement.", min=1)] = 1,
     latency_rounds: Annotated[int, typer.Option(help="Timed runs per image (their median counts).", min=1)] = 5,
+    meter: Annotated[
+        str | None,
+        typer.Option(help="Energy meter: auto, nvml, jetson, rapl or none (the labelled estimate is always given)."),
+    ] = "auto",
+    device: Annotated[str, typer.Option(help="Where the engine runs, for --meter auto: cpu, cuda or jetson.")] = "cpu",
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory (or .json path) for the result; never overwritten.")
     ] = Path("results"),
@@ -59,6 +64,8 @@ def availability_command(
                 latency_images=latency_images,
                 latency_batch=latency_batch,
                 latency_rounds=latency_rounds,
+                meter=None if meter in (None, "none") else meter,
+                device=device,
                 progress=lambda total, steps: advance(steps, total=total),
             )
     target = out if out.suffix == ".json" else out / f"availability-{Path(engine).stem}-{dataset.name}-{dataset.split}.json"
