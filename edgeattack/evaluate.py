@@ -296,7 +296,11 @@ def _run(
     if measure_latency:
         representative = np.array(dataset.images[:batch_size])
         latency = _measure_latency(
-            engine.run, representative, min_runs=latency_runs, min_seconds=latency_seconds
+            engine.run,
+            representative,
+            min_runs=latency_runs,
+            min_seconds=latency_seconds,
+            device_time_fn=lambda: getattr(engine, "last_device_ms", None),
         )
         advance(1)
 

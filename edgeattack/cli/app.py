@@ -11,7 +11,19 @@ from typing import Annotated
 import typer
 
 from edgeattack import __version__
-from edgeattack.cli import attack, availability, bundle, compress, demo, evaluate, export, models, profile, train
+from edgeattack.cli import (
+    attack,
+    availability,
+    bundle,
+    compress,
+    demo,
+    doctor,
+    evaluate,
+    export,
+    models,
+    profile,
+    train,
+)
 from edgeattack.cli.options import CliState, configure_logging
 
 app = typer.Typer(
@@ -53,6 +65,7 @@ app.command("bundle")(bundle.bundle_command)
 app.command("merge")(bundle.merge_command)
 app.command("demo")(demo.demo_command)
 app.command("profile")(profile.profile_command)
+app.command("doctor")(doctor.doctor_command)
 
 
 def main() -> None:

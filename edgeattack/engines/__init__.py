@@ -23,24 +23,31 @@ def open_engine(
     providers: Sequence[str] | None = None,
     intra_op_threads: int | None = None,
     checkpoint: str | Path | None = None,
+    io_binding: bool = False,
+    allow_other_gpu: bool = False,
 ) -> Engine:
     """An engine for `source`: an `.onnx` file (ONNX Runtime), a TensorRT plan, or a zoo model name (torch).
 
-    The engine is returned inactive; use it as a context manager.
+    `io_binding` (ONNX Runtime) binds inputs and outputs on the provider's device. A TensorRT plan
+    (`.plan`/`.engine`/`.trt`) needs its `<plan>.json` sidecar, TensorRT and cuda-python (or pycuda)
+    and refuses a plan built by another TensorRT version or for another GPU (`allow_other_gpu`
+    accepts another GPU model of the same compute capability). The engine is returned inactive;
+    use it as a context manager.
     """
     text = str(source)
     suffix = Path(text).suffix.lower()
     if suffix in ONNX_SUFFIXES:
         from edgeattack.engines.onnxruntime_engine import OnnxRuntimeEngine
 
-        return OnnxRuntimeEngine(text, providers=providers, intra_op_threads=intra_op_threads)
+        return OnnxRuntimeEngine(
+            text, providers=providers, intra_op_threads=intra_op_threads, io_binding=io_binding
+        )
     if suffix in TENSORRT_SUFFIXES:
         if not Path(text).is_file():
             raise EngineError(f"engine file {text} does not exist")
-        raise EngineError(
-            f"{text}: the TensorRT back-end is not part of this edgeattack build yet; "
-            "export an ONNX engine and run it with --provider tensorrt instead"
-        )
+        from edgeattack.engines.tensorrt_engine import TensorRTEngine
+
+        return TensorRTEngine(text, allow_other_gpu=allow_other_gpu)
     if Path(text).exists() or suffix:
         raise EngineError(
             f"cannot open {text!r} as an engine: expected .onnx, "
