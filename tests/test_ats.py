@@ -50,7 +50,7 @@ def _rank(values: np.ndarray) -> np.ndarray:
 # -- zoo and contract ------------------------------------------------------------------------------
 def test_zoo_names_and_shipped_weights(ats, model):
     names = {entry.name for entry in list_models(family="ats")}
-    assert names == {"ats_tiny_digits", "ats_deit_small_patch16_224"}
+    assert names == {"ats_tiny_digits", "ats_deit_tiny_patch16_224", "ats_deit_small_patch16_224"}
     assert ats.token_sparse and not model.token_sparse
     assert isinstance(ats.net, TokenSparseNet) and isinstance(ats.net, ATS)
     net = ats.net
