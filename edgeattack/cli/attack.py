@@ -52,7 +52,10 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 @handle_errors
 def attack_command(
-    method: Annotated[str, typer.Option("--method", "-m", help="fgsm, pgd, pgd-l2, mifgsm, uap (DeepFool), uap-sgd.")],
+    method: Annotated[
+        str,
+        typer.Option("--method", "-m", help="fgsm, pgd, pgd-l2, mifgsm, uap (DeepFool), uap-sgd, desparsify."),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Perturbation artifact to write (.npz).")],
     model: Annotated[
         list[str],
@@ -75,6 +78,18 @@ def attack_command(
     limit: LimitOpt = None,
     checkpoint: CheckpointOpt = None,
     quantize_inputs: Annotated[bool, typer.Option("--quantize-inputs", help="Round to the 1/255 grid.")] = False,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            help="desparsify only: single, ensemble, class-universal, universal or patch "
+            "(default: single for one --model, ensemble for several)."
+        ),
+    ] = None,
+    patch_size: Annotated[int | None, typer.Option(help="desparsify patch: side in pixels (default 8).", min=1)] = None,
+    patch_location: Annotated[
+        str | None,
+        typer.Option(help="desparsify patch: top-left (default), top-right, bottom-left, bottom-right, center or ROW,COL."),
+    ] = None,
 ) -> None:
     """Craft METHOD on the source model(s) over a split and save the perturbation artifact.
 
@@ -86,6 +101,14 @@ def attack_command(
     from edgeattack.data import PreprocessConfig, load_dataset
 
     params = parse_params(param or [])
+    if method == "desparsify":
+        params["variant"] = variant or ("ensemble" if len(model) > 1 else "single")
+        if patch_size is not None:
+            params["patch_size"] = patch_size
+        if patch_location is not None:
+            params["patch_location"] = patch_location
+    elif variant is not None or patch_size is not None or patch_location is not None:
+        raise ConfigError("--variant, --patch-size and --patch-location apply to --method desparsify only")
     if eps is not None:
         params["eps"] = parse_number(eps)
     if steps is not None:
@@ -116,3 +139,25 @@ def attack_command(
         if value is not None and key != "method"
     )
     typer.echo(f"wrote {written}: {artifact.meta.kind} {method} on {dataset.spec} ({summary})")
+    if method == "desparsify":
+        echo_token_utilisation(artifact.meta.params)
+
+
+def echo_token_utilisation(params: dict[str, Any]) -> None:
+    """The TUR and predictions DeSparsify measured, per source model and (for ensembles) on average."""
+
+    def fmt(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    rows = params.get("per_model", [])
+    for row in rows:
+        typer.echo(
+            f"  {row['model']} ({row['mechanism']}): tur {fmt(row['clean_tur'])} -> {fmt(row['adv_tur'])}, "
+            f"accuracy {fmt(row['clean_acc'])} -> {fmt(row['adv_acc'])}, "
+            f"correct predictions kept {fmt(row['prediction_kept'])}"
+        )
+    if len(rows) > 1:
+        typer.echo(
+            f"  mean over models: tur {fmt(params.get('clean_tur'))} -> {fmt(params.get('adv_tur'))}, "
+            f"correct predictions kept {fmt(params.get('prediction_kept'))}"
+        )
