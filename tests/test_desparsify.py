@@ -1,7 +1,7 @@
 """DeSparsify (availability attack on token-sparse ViTs): every variant on the shipped ATS and A-ViT digits models.
 
-Few images and steps, so the whole file runs in well under a minute on two CPU cores; the numbers the
-defaults reach on the full test split are in the attack's docstring / the project notes.
+Few images and steps, so the whole file runs in well under a minute on two CPU cores; what the
+defaults reach on the full test split is in the docstring of `edgeattack.attacks.whitebox.desparsify`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ def ats():
 @pytest.fixture(scope="module")
 def avit():
     return create_model("avit_tiny_digits")
+
+
+@pytest.fixture(scope="module")
+def adavit():
+    return create_model("adavit_tiny_digits")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +107,7 @@ def test_bad_models_and_inputs(ats, avit, images) -> None:
 # --------------------------------------------------------------------------------------------------
 # per image
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["ats", "avit"])
+@pytest.mark.parametrize("name", ["ats", "avit", "adavit"])
 def test_single_raises_tur_and_keeps_predictions(name, request, images) -> None:
     model = request.getfixturevalue(name)
     out = DeSparsify(steps=12)(model, images)
