@@ -29,9 +29,9 @@ from typing import Any
 
 from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
-from edgeattack.errors import ConfigError, DataError, TrainingDivergedError
+from edgeattack.errors import ConfigError, DataError
 from edgeattack.sparsity.avit import AViT, AViTOutput, gate_center_for
-from edgeattack.sparsity.dynamicvit_train import check_teacher
+from edgeattack.sparsity.dynamicvit_train import check_teacher, stop_diverged
 from edgeattack.zoo.factory import ZooModel, state_dict_sha256
 from edgeattack.zoo.train import evaluate_accuracy, random_shift
 
@@ -233,7 +233,7 @@ def train_avit(
             loss = terms["loss"]
             where = f"epoch {epoch + 1}/{config.epochs}, step {step + 1}/{steps_per_epoch}"
             if not bool(torch.isfinite(loss)):
-                _diverged(
+                stop_diverged(
                     student, report, start, f"{student.model_name}: loss is {float(loss.detach())} at {where}", terms
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -241,7 +241,7 @@ def train_avit(
             max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             if not bool(torch.isfinite(grad_norm)):
-                _diverged(
+                stop_diverged(
                     student, report, start, f"{student.model_name}: gradient norm is {float(grad_norm)} at {where}"
                 )
             optimizer.step()
@@ -271,24 +271,6 @@ def train_avit(
     report.wall_s = time.perf_counter() - start
     student.weights_sha256 = state_dict_sha256(student)
     return student.eval(), report
-
-
-def _diverged(
-    student: ZooModel, report: AViTTrainReport, start: float, message: str, terms: dict[str, Any] | None = None
-) -> None:
-    """Stop: the optimizer has not stepped on the bad loss, so `student` keeps its last good weights."""
-    report.wall_s = time.perf_counter() - start
-    student.eval()
-    student.weights_sha256 = state_dict_sha256(student)
-    detail = ""
-    if terms is not None:
-        detail = " (" + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items()) + ")"
-    raise TrainingDivergedError(
-        f"{message}{detail}; training stopped, the model keeps the weights of the last good step "
-        "(lower the learning rate or set max_grad_norm)",
-        model=student,
-        report=report,
-    )
 
 
 COMPRESS_PARAMS = frozenset(

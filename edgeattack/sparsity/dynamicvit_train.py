@@ -249,7 +249,7 @@ def train_dynamicvit(
             loss = terms["loss"]
             where = f"epoch {epoch + 1}/{config.epochs}, step {step + 1}/{steps_per_epoch}"
             if not bool(torch.isfinite(loss)):
-                _diverged(
+                stop_diverged(
                     student, report, start, f"{student.model_name}: loss is {float(loss.detach())} at {where}", terms
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -257,7 +257,7 @@ def train_dynamicvit(
             max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             if not bool(torch.isfinite(grad_norm)):
-                _diverged(
+                stop_diverged(
                     student, report, start, f"{student.model_name}: gradient norm is {float(grad_norm)} at {where}"
                 )
             optimizer.step()
@@ -280,10 +280,14 @@ def train_dynamicvit(
     return student.eval(), report
 
 
-def _diverged(
-    student: ZooModel, report: DynamicViTTrainReport, start: float, message: str, terms: dict[str, Any] | None = None
+def stop_diverged(
+    student: ZooModel, report: Any, start: float, message: str, terms: dict[str, Any] | None = None
 ) -> None:
-    """Stop: the optimizer has not stepped on the bad loss, so `student` keeps its last good weights."""
+    """Stop: the optimizer has not stepped on the bad loss, so `student` keeps its last good weights.
+
+    Shared by the token-sparse trainers (DynamicViT, A-ViT, AdaViT); `report` is the trainer's report
+    dataclass (its `wall_s` is set), `terms` the loss terms shown in the message.
+    """
     report.wall_s = time.perf_counter() - start
     student.eval()
     student.weights_sha256 = state_dict_sha256(student)
