@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from edgeattack._lazy import require
 from edgeattack.errors import ConfigError
+from edgeattack.sparsity.base import check_token_vit
 from edgeattack.sparsity.schedule import (
     KEEP_RATES,
     check_keep_rate,
@@ -288,27 +289,7 @@ def _masked_attention(attn: Any, x: Any, policy: Any) -> Any:
 
 def _check_vit(net: Any) -> None:
     """ConfigError unless `net` is a plain timm ViT with a class token that DynamicViT can prune."""
-    vision_transformer = require("timm.models.vision_transformer", feature="DynamicViT")
-    if not isinstance(net, vision_transformer.VisionTransformer):
-        raise ConfigError(f"DynamicViT wraps a timm VisionTransformer, got {type(net).__name__}")
-    problems = []
-    if net.cls_token is None or net.num_prefix_tokens != 1:
-        problems.append(
-            f"needs exactly one class token and no register/distillation tokens "
-            f"(has {net.num_prefix_tokens} prefix tokens)"
-        )
-    if net.global_pool != "token" or getattr(net, "attn_pool", None) is not None:
-        problems.append(f"needs class-token pooling (global_pool='token'), has {net.global_pool!r}")
-    if net.pos_embed is None or net.no_embed_class or net.dynamic_img_size:
-        problems.append("needs a learned position embedding that covers the class token, at a fixed image size")
-    block_parts = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
-    attn_parts = ("qkv", "num_heads", "head_dim", "scale", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop")
-    for block in net.blocks:
-        if not all(hasattr(block, p) for p in block_parts) or not all(hasattr(block.attn, p) for p in attn_parts):
-            problems.append(f"needs timm's standard Block/Attention, has {type(block).__name__}")
-            break
-    if problems:
-        raise ConfigError("cannot build DynamicViT from this ViT: " + "; ".join(problems))
+    check_token_vit(net, "DynamicViT")
 
 
 def kept_token_counts(model: Any, images: Any) -> Any:
