@@ -89,6 +89,8 @@ class AvailabilityPass:
     ratios: dict[str, float | None] = field(default_factory=dict)
     gap_closed: dict[str, float | None] = field(default_factory=dict)
     artifact_path: str | None = None
+    latency_samples_ms: list[float] | None = None
+    """Per timed group of images: the median of the rounds (ms), the distribution `latency` summarises."""
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -361,6 +363,7 @@ def _evaluate(
                 energy=_pass_energy(engine, p.images[:energy_images], energy_meter, energy_window_s,
                                     None if g is None else g.mean),
                 artifact_path=p.path,
+                latency_samples_ms=[round(float(v), 4) for v in lat] if lat.size else None,
             )
         )
     results = [_with_ratios(r, results[0], info if has_counts else None) for r in results]

@@ -1,4 +1,4 @@
-"""The demo end to end (small settings): engines, artifacts, results, summary and transfer matrix."""
+"""`edgeattack demo`: `edgeattack run` on the embedded quickstart config, ending with the report."""
 
 from __future__ import annotations
 
@@ -8,32 +8,31 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from edgeattack.cli.app import app
-from edgeattack.results import load
+from edgeattack.experiments.config import load_config
+from edgeattack.experiments.plan import build_plan
+from edgeattack.experiments.store import ExperimentStore
 
 
-def test_demo_runs_the_whole_pipeline(tmp_path: Path):
+def test_demo_runs_the_quickstart_and_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = CliRunner().invoke(
-        app,
-        ["demo", "--out", str(out), "--limit", "24", "--latency-seconds", "0.05", "--pgd-steps", "2",
-         "--uap-epochs", "1"],
-        catch_exceptions=False,
-    )
+    settings = ["--set", "metrics.latency_seconds=0", "--set", "metrics.latency_runs=2", "--set", "data.fit_limit=48"]
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--limit", "24", *settings], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
-    engines = ["torch-fp32", "onnx-fp32", "onnx-int8-qdq", "onnx-int8-dynamic"]
-    assert list(summary["clean"]) == engines
-    assert set(summary["transfer_matrix"]) == {"pgd@fp32", "pgd-weak@fp32", "uap@fp32", "pgd@int8-twin", "pgd-weak@int8-twin", "uap@int8-twin"}
-    for row in summary["transfer_matrix"].values():
-        assert list(row) == engines and all(0.0 <= cell["fooling_rate"] <= 1.0 for cell in row.values())
-    # PGD crafted on the fp32 model fools the fp32 engines on most correctly classified images
-    assert summary["transfer_matrix"]["pgd@fp32"]["onnx-fp32"]["asr"] > 0.5
-    assert summary["parity"]["onnx-fp32"]["top1_agreement"] == 1.0
-    assert summary["twin_agreement"]["top1_agreement"] >= 0.95
-    for path in summary["results"].values():
-        assert load(path).dataset.n_images == 24
-    markdown = (out / "summary.md").read_text()
-    assert "Transfer matrix" in markdown and "asr" in markdown
-    assert sorted(p.name for p in (out / "engines").glob("*.onnx")) == [
-        "vit_tiny_digits-fp32.onnx", "vit_tiny_digits-int8-dynamic.onnx", "vit_tiny_digits-int8-qdq.onnx"
-    ]
+    plan = build_plan(load_config("quickstart"))
+    assert f"{len(plan)} cells: {len(plan)} ran" in result.output
+    with ExperimentStore(out) as store:
+        records = {r.id: r for r in store.records()}
+    assert set(records) == set(plan.cells) and all(r.status == "done" for r in records.values())
+    replay = records["replay/vit_tiny_digits/fp32"].result
+    assert replay is not None and replay["clean"]["n_images"] == 24
+    by_artifact = dict(zip(replay["artifact_cells"], replay["perturbations"], strict=True))
+    # PGD at 8/255 crafted on the model fools its own fp32 engine; the int8 twin's transfers back
+    assert by_artifact["craft/pgd-8_255@vit_tiny_digits"]["metrics"]["asr"] > 0.8
+    assert by_artifact["craft/pgd-int8-8_255@vit_tiny_digits~int8"]["metrics"]["asr"] > 0.5
+    html = (out / "report.html").read_text()
+    for section in ("Transfer matrix", "ASR vs", "Black-box", "DeSparsify", "Token depth"):
+        assert section in html
+    transfer = json.loads((out / "tables" / "transfer.json").read_text())
+    assert len(transfer) == 20 * 21  # every perturbation on every engine of every model
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--limit", "24", *settings], catch_exceptions=False)
+    assert again.exit_code == 0 and f"0 ran, {len(plan)} already finished" in again.output

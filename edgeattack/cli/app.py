@@ -22,6 +22,7 @@ from edgeattack.cli import (
     export,
     models,
     profile,
+    run,
     train,
 )
 from edgeattack.cli.options import CliState, configure_logging
@@ -63,6 +64,8 @@ app.command("evaluate")(evaluate.evaluate_command)
 app.command("availability")(availability.availability_command)
 app.command("bundle")(bundle.bundle_command)
 app.command("merge")(bundle.merge_command)
+app.command("run")(run.run_command)
+app.command("report")(run.report_command)
 app.command("demo")(demo.demo_command)
 app.command("profile")(profile.profile_command)
 app.command("doctor")(doctor.doctor_command)

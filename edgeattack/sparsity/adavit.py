@@ -170,8 +170,19 @@ class AdaViT(TokenSparseViT):
         logits, _, usage = self._infer(x, want_usage=True)
         return logits, usage
 
+    def keep_masks(self, x: Any) -> tuple[Any, Any]:
+        """(logits, keep bool [B, depth, num_tokens]): the tokens each block uses (none if skipped); sums to the counts."""
+        trace: list[Any] = []
+        logits, _, _ = self._infer(x, want_usage=False, trace=trace)
+        return logits, torch.stack(trace, dim=1)
+
     # -- inference -------------------------------------------------------------------------------
-    def _infer(self, x: Any, *, want_usage: bool) -> tuple[Any, Any, Any]:
+    def _infer(self, x: Any, *, want_usage: bool, trace: list[Any] | None = None) -> tuple[Any, Any, Any]:
+        """(logits, counts, usage or None); `trace`, when given, receives each block's keep mask (B, tokens).
+
+        Tokens keep their positions here (physical blocks scatter back), so the keep masks are over
+        the original tokens.
+        """
         x = self.embed(x)
         tokens = x.shape[1]
         physical = check_drop_mode(self.drop_mode) == "physical"
@@ -188,6 +199,8 @@ class AdaViT(TokenSparseViT):
                 keep = apply_token_cap(keep, torch.cat([first, token_logit], dim=1), self.token_cap[index])
             heads = None if head_logit is None else (head_logit > 0).to(x.dtype)
             counts.append(keep.sum(dim=1))
+            if trace is not None:
+                trace.append(keep)
             if want_usage:
                 used = (1.0 + torch.sigmoid(token_logit).sum(dim=1)) / tokens
                 usage.append(used if block_logit is None else used * torch.sigmoid(block_logit))

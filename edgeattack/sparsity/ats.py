@@ -50,6 +50,7 @@ from edgeattack.sparsity.base import (
     gather_tokens,
     key_bias,
     masked_block,
+    original_tokens,
     split_qkv,
     stages_cap,
     token_arch_of,
@@ -183,29 +184,44 @@ class ATS(TokenSparseViT):
         logits, _, usage = self._run(x, physical=False, soft=True)
         return logits, usage
 
+    def keep_masks(self, x: Any) -> tuple[Any, Any]:
+        """(logits, keep bool [B, depth, num_tokens]): the original tokens each block keeps; sums to the counts."""
+        trace: list[Any] = []
+        logits, _, _ = self._run(x, physical=self.drop_mode == "physical", soft=False, trace=trace)
+        return logits, torch.stack(trace, dim=1)
+
     # -- the computation -------------------------------------------------------------------------
-    def _run(self, x: Any, *, physical: bool, soft: bool) -> tuple[Any, Any, Any]:
+    def _run(self, x: Any, *, physical: bool, soft: bool, trace: list[Any] | None = None) -> tuple[Any, Any, Any]:
+        """(logits, counts, usage or None); `trace`, when given, receives each block's `original_tokens` mask."""
         x = self.embed(x)
         key_mask = self.all_tokens_mask(x)
+        positions = None if trace is None else torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
         counts: list[Any] = []
         usage: list[Any] = []
         current = torch.ones_like(x[:, 0, 0])  # soft tokens / num_tokens, 1 before the first stage
         for index, block in enumerate(self.blocks):
             if index in self._samples:
-                x, key_mask, expected = self._sample_block(index, block, x, key_mask, physical=physical, soft=soft)
+                x, key_mask, expected, order = self._sample_block(
+                    index, block, x, key_mask, physical=physical, soft=soft
+                )
+                if trace is not None and order is not None:
+                    positions = gather_tokens(positions, order)
                 if soft:
                     current = expected / self.num_tokens
             else:
                 x = masked_block(block, x, key_mask)
             counts.append(token_counts(key_mask))
             usage.append(current)
+            if trace is not None:
+                trace.append(original_tokens(positions, key_mask, self.num_tokens))
         logits = self.classify(x)
         return logits, torch.stack(counts, dim=1), torch.stack(usage, dim=1) if soft else None
 
     def _sample_block(
         self, index: int, block: Any, x: Any, key_mask: Any, *, physical: bool, soft: bool
-    ) -> tuple[Any, Any, Any]:
-        """Block `index` with its sampler: (tokens out, their key mask, expected tokens or None)."""
+    ) -> tuple[Any, Any, Any, Any]:
+        """Block `index` with its sampler: (tokens out, their key mask, expected tokens or None, the
+        `compaction_order` applied, None when masked)."""
         attn = block.attn
         h = block.norm1(x)
         q, k, v = split_qkv(attn, h)
@@ -222,7 +238,7 @@ class ATS(TokenSparseViT):
         if cap is not None:
             keep = apply_token_cap(keep, scores, cap - 1)
         keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
-        expected = None
+        expected = order = None
         if soft:
             expected = 1.0 + expected_distinct(scores, samples, valid)
             if cap is not None:
@@ -236,7 +252,7 @@ class ATS(TokenSparseViT):
             x = x + block.drop_path1(block.ls1(attend(attn, q, k, v, bias, gate_input=h)))
             new_mask = key_mask & keep
         x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-        return x, new_mask, expected
+        return x, new_mask, expected, order
 
     def extra_repr(self) -> str:
         limits = "all" if all(m is None for m in self.max_tokens) else list(self.max_tokens)

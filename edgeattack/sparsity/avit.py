@@ -48,6 +48,7 @@ from edgeattack.sparsity.base import (
     compaction_order,
     gather_tokens,
     masked_block,
+    original_tokens,
 )
 from edgeattack.zoo.config import ModelConfig
 
@@ -127,12 +128,21 @@ class AViT(TokenSparseViT):
         out = self._run(self.embed(x), physical=False, soft=True)
         return out["logits"], out["usage"]
 
+    def keep_masks(self, x: Any) -> tuple[Any, Any]:
+        """(logits, keep bool [B, depth, num_tokens]): the original tokens each block runs; sums to the counts."""
+        trace: list[Any] = []
+        out = self._run(self.embed(x), physical=self.drop_mode == "physical" and not self.training, trace=trace)
+        return out["logits"], torch.stack(trace, dim=1)
+
     # -- the halting loop ----------------------------------------------------------------------------
-    def _run(self, z: Any, *, physical: bool, account: bool = False, soft: bool = False) -> Any:
+    def _run(
+        self, z: Any, *, physical: bool, account: bool = False, soft: bool = False, trace: list[Any] | None = None
+    ) -> Any:
         """Run the blocks with halting on embedded tokens `z` (B, N, C); a dict, or an AViTOutput if `account`.
 
         `c` is the cumulative halting score and `alive` marks the tokens below the threshold, per
         slot; in physical mode the slots are re-gathered before every block, the class token first.
+        `trace`, when given, receives each block's `original_tokens` mask.
         """
         batch, tokens = z.shape[0], z.shape[1]
         c = z.new_zeros(batch, tokens)
@@ -141,16 +151,21 @@ class AViT(TokenSparseViT):
         usage: list[Any] = []
         acct = _Accounting(c) if account else None
         last = self.depth - 1
+        positions = None if trace is None else torch.arange(tokens, device=z.device).expand(batch, -1)
         for index, block in enumerate(self.blocks):
             running = self._apply_cap(alive, c, index)
             if acct is not None:
                 acct.capped(running)
             counts.append(running.sum(dim=1))
+            if trace is not None:
+                trace.append(original_tokens(positions, running, self.num_tokens))
             if soft:
                 usage.append(_clamp_straight_through(1.0 - c).mean(dim=1))
             if physical:
                 order, running = compaction_order(running)
                 z, c = gather_tokens(z, order), gather_tokens(c, order)
+                if trace is not None:
+                    positions = gather_tokens(positions, order)
             out = masked_block(block, z, running)
             z = out if physical else torch.where(running.unsqueeze(-1), out, z)
             if index == last:

@@ -19,6 +19,9 @@ drops tokens that a mechanism judges unimportant, per image:
   batch.
 - `usage(x)`: `(logits, usage)`, usage float [N, depth] in [0, 1] and differentiable w.r.t. `x`:
   a smooth surrogate of counts / num_tokens, what the DeSparsify attack maximises.
+- optional, `keep_masks(x)`: `(logits, keep)`, keep bool [N, depth, num_tokens]: which of the
+  original tokens (class token first) block b counts, so `keep.sum(-1)` equals the counts
+  (`edgeattack.sparsity.depth` builds token-depth maps from it).
 
 Physical dropping, batched: each image gathers its kept tokens first, in their order
 (`compaction_order`, `compact_tokens`), the batch keeps the largest kept count, and the other
@@ -62,6 +65,7 @@ __all__ = [
     "key_bias",
     "masked_attention",
     "masked_block",
+    "original_tokens",
     "split_qkv",
     "stages_cap",
     "token_arch_of",
@@ -218,6 +222,16 @@ def compaction_order(keep_mask: Any) -> tuple[Any, Any]:
     order = torch.zeros_like(destination).scatter(1, destination, positions)[:, :width]
     slots = torch.arange(width, device=keep_mask.device).unsqueeze(0)
     return order, slots < kept
+
+
+def original_tokens(positions: Any, slot_mask: Any, num_tokens: int) -> Any:
+    """(B, num_tokens) bool over the original tokens: those whose slot is True in `slot_mask` (B, W).
+
+    `positions` (B, W) int64 holds the original token of each slot (distinct per row), as the
+    `compaction_order`s applied so far have moved them.
+    """
+    empty = torch.zeros(slot_mask.shape[0], num_tokens, dtype=torch.bool, device=slot_mask.device)
+    return empty.scatter(1, positions, slot_mask)
 
 
 def gather_tokens(x: Any, order: Any, dim: int = 1) -> Any:

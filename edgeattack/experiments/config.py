@@ -1,0 +1,391 @@
+"""The experiment config (`edgeattack run experiment.yaml`), validated before anything runs.
+
+One YAML document names the models, the engines every model is exported to, the white-box attacks
+(crafted on each model, or on the int8 twin of one of its engines), the black-box attacks run on
+every engine, the availability study of the token-sparse models, the metrics, the data and the
+executor. Validation is pydantic's, turned into one ConfigError that says, per problem, which key,
+which value and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgeattack.errors import ConfigError, did_you_mean
+
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+
+WHITEBOX_METHODS = ("fgsm", "pgd", "pgd-l2", "mifgsm", "uap", "uap-sgd", "desparsify")
+"""The white-box registry's names (`edgeattack.attacks.whitebox.WHITEBOX_ATTACKS`, which imports torch)."""
+UNIVERSAL_METHODS = ("uap", "uap-sgd")
+UNIVERSAL_DESPARSIFY = ("universal", "class-universal", "patch")
+TOKEN_SPARSE_FAMILIES = ("ats", "avit", "adavit")
+"""Families with input-dependent token counts (DeSparsify, availability, token depth); DynamicViT keeps a fixed ratio."""
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
+
+
+def _number(value: Any) -> Any:
+    """Numbers, and strings such as "8/255" or "0.5"."""
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"expected a number or a fraction such as 8/255, got {value!r}") from None
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=80)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Which images: "digits" (embedded) or an ImageNet-style folder, and which split does what."""
+
+    dataset: str = "digits"
+    eval_split: str = "test"
+    fit_split: str = "val"
+    calib_split: str = "train"
+    limit: int | None = Field(default=None, ge=1, description="images evaluated (first N of eval_split)")
+    fit_limit: int | None = Field(default=None, ge=1, description="images universal perturbations are fitted on")
+    calib_images: int = Field(default=128, ge=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        if value != "digits" and not Path(value).is_dir():
+            raise ValueError("expected 'digits' or an existing ImageNet-style folder (root/<split>/<class>/*.jpg)")
+        return value
+
+
+class ModelSpec(_Strict):
+    """A zoo name (tiny digits models, timm DeiT names, compressed families), optionally with local weights."""
+
+    name: str
+    checkpoint: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class EngineSpec(_Strict):
+    """How every model is deployed: torch (reference), ONNX Runtime, or a TensorRT plan."""
+
+    name: Name
+    target: Literal["torch", "onnx", "tensorrt"] = "onnx"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    quantization: Literal["static", "dynamic"] = "static"
+    preset: Literal["cpu", "gpu", "full"] = "cpu"
+    sparse: bool = False
+    token_cap: str | None = None
+    providers: list[str] | None = None
+    resources: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EngineSpec:
+        if self.target == "torch" and self.precision != "fp32":
+            raise ValueError("a torch engine is the fp32 reference: precision must be fp32")
+        if self.sparse and self.target != "tensorrt":
+            raise ValueError("sparse (2:4 kernels) needs target: tensorrt")
+        if self.target == "tensorrt" and self.precision == "int8" and self.quantization != "static":
+            raise ValueError("TensorRT int8 is built from explicit Q/DQ: quantization must be static")
+        if self.token_cap is not None and self.target == "torch":
+            raise ValueError("token_cap is part of an exported graph: use target onnx or tensorrt")
+        if any(v <= 0 for v in self.resources.values()):
+            raise ValueError("resources must be positive amounts, e.g. {GPU: 1} or {jetson: 1}")
+        return self
+
+    @field_validator("token_cap")
+    @classmethod
+    def _cap(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from edgeattack.sparsity.defence import parse_token_cap
+
+        try:
+            parse_token_cap(str(value))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return str(value)
+
+    @property
+    def is_twin_source(self) -> bool:
+        """An engine whose int8 fake-quant twin can craft perturbations (static QDQ ONNX)."""
+        return self.target == "onnx" and self.precision == "int8" and self.quantization == "static"
+
+
+class WhiteboxSpec(_Strict):
+    """A white-box attack crafted on every listed model (default all) at every eps, from every source."""
+
+    name: Name
+    method: str
+    eps: list[Number] = Field(min_length=1)
+    steps: int | None = Field(default=None, ge=1)
+    step_size: Number | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    models: list[str] | None = None
+    sources: list[str] = Field(default_factory=lambda: ["model"], min_length=1)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if value not in WHITEBOX_METHODS:
+            raise ValueError(f"unknown white-box method{did_you_mean(value, WHITEBOX_METHODS)}; choose one of {', '.join(WHITEBOX_METHODS)}")
+        return value
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, value: list[float]) -> list[float]:
+        if any(not 0 < e <= 1e3 for e in value):
+            raise ValueError("every eps must be > 0")
+        if len(set(value)) != len(value):
+            raise ValueError("eps values repeat")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        for source in value:
+            if source != "model" and not source.startswith("twin:"):
+                raise ValueError(f"a source is 'model' or 'twin:<int8 engine name>', got {source!r}")
+        return value
+
+    @property
+    def variant(self) -> str | None:
+        return self.params.get("variant") if self.method == "desparsify" else None
+
+    @property
+    def universal(self) -> bool:
+        """Fitted on the fit split (one delta for all images) rather than crafted per eval image."""
+        return self.method in UNIVERSAL_METHODS or self.variant in UNIVERSAL_DESPARSIFY
+
+
+class BlackboxSpec(_Strict):
+    """A black-box attack (`NAME[:k=v,...]`, as `edgeattack evaluate -B`) run on every listed engine."""
+
+    spec: str
+    budget: int = Field(default=1000, ge=1)
+    limit: int | None = Field(default=None, ge=1, description="images attacked (default: data.limit)")
+    engines: list[str] | None = None
+    models: list[str] | None = None
+
+    @field_validator("spec")
+    @classmethod
+    def _spec(cls, value: str) -> str:
+        from edgeattack.attacks.blackbox.registry import parse_spec
+
+        try:
+            parse_spec(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.spec.replace("/", "_").replace(":", "-").replace(",", "-").replace("=", "")
+
+
+class AvailabilitySpec(_Strict):
+    """Clean vs DeSparsify on the token-sparse models' engines: TUR, GFLOPs, latency, memory, energy."""
+
+    enabled: bool = True
+    meter: str | None = None
+    latency_images: int = Field(default=64, ge=0)
+    latency_rounds: int = Field(default=5, ge=1)
+    token_depth: bool = True
+
+
+class MetricsSpec(_Strict):
+    """Latency and memory settings of every replay evaluation."""
+
+    latency_seconds: float = Field(default=1.0, ge=0)
+    latency_runs: int = Field(default=10, ge=1)
+    memory: bool = True
+    batch_size: int = Field(default=64, ge=1)
+    quantize_inputs: bool = False
+
+
+class ExecutorSpec(_Strict):
+    """Where cells run: here one by one, a process pool, or Ray (a cluster, boards as Ray nodes)."""
+
+    kind: Literal["local", "process", "ray"] = "local"
+    workers: int = Field(default=1, ge=1)
+    threads: int | None = Field(default=None, ge=1, description="CPU threads per cell (default: cores / workers)")
+    ray_address: str | None = None
+
+
+class ExperimentConfig(_Strict):
+    """The whole study."""
+
+    name: Name
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: list[ModelSpec] = Field(min_length=1)
+    engines: list[EngineSpec] = Field(min_length=1)
+    whitebox: list[WhiteboxSpec] = Field(default_factory=list)
+    blackbox: list[BlackboxSpec] = Field(default_factory=list)
+    availability: AvailabilitySpec = Field(default_factory=AvailabilitySpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+    transfer: Literal["all", "within-model"] = "all"
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[ModelSpec]) -> list[ModelSpec]:
+        from edgeattack.zoo.registry import get_entry
+
+        names = [m.name for m in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models repeat: {sorted({n for n in names if names.count(n) > 1})}")
+        for spec in value:
+            try:
+                get_entry(spec.name)
+            except KeyError as exc:
+                raise ValueError(str(exc)) from None
+            if spec.checkpoint is not None and not Path(spec.checkpoint).is_file():
+                raise ValueError(f"checkpoint {spec.checkpoint} of {spec.name} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> ExperimentConfig:
+        engines = {e.name: e for e in self.engines}
+        if len(engines) != len(self.engines):
+            raise ValueError("engine names repeat")
+        models = {m.name for m in self.models}
+        attack_names = [w.name for w in self.whitebox]
+        if len(set(attack_names)) != len(attack_names):
+            raise ValueError("white-box attack names repeat")
+        for i, attack in enumerate(self.whitebox):
+            for model in attack.models or ():
+                if model not in models:
+                    raise ValueError(f"whitebox[{i}] ({attack.name}): model {model!r} is not in models{did_you_mean(model, models)}")
+            for source in attack.sources:
+                if source.startswith("twin:"):
+                    engine = source.removeprefix("twin:")
+                    if engine not in engines:
+                        raise ValueError(f"whitebox[{i}] ({attack.name}): source {source!r} names no engine{did_you_mean(engine, engines)}")
+                    if not engines[engine].is_twin_source:
+                        raise ValueError(
+                            f"whitebox[{i}] ({attack.name}): source {source!r}: only a static int8 ONNX engine has a fake-quant twin"
+                        )
+            if attack.variant == "ensemble" and len(attack.models or models) < 2:
+                raise ValueError(f"whitebox[{i}] ({attack.name}): the ensemble variant needs at least two models")
+        for i, attack in enumerate(self.blackbox):
+            for engine in attack.engines or ():
+                if engine not in engines:
+                    raise ValueError(f"blackbox[{i}]: engine {engine!r} is not in engines{did_you_mean(engine, engines)}")
+            for model in attack.models or ():
+                if model not in models:
+                    raise ValueError(f"blackbox[{i}]: model {model!r} is not in models{did_you_mean(model, models)}")
+        labels = [b.label for b in self.blackbox]
+        if len(set(labels)) != len(labels):
+            raise ValueError("black-box attacks repeat (the same spec twice)")
+        return self
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    where = _location(tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        key = str(error["loc"][-1])
+        return f"{where}: unknown key{did_you_mean(key, _fields_at(model, error['loc'][:-1]))}"
+    if error["type"] == "missing":
+        return f"{where}: required key is missing"
+    value = error.get("input")
+    shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{where}: got {shown}: {message}"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        current = next((a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def validate_config(doc: Any, *, source: str = "config") -> ExperimentConfig:
+    """An ExperimentConfig from a parsed document, or one ConfigError listing every problem."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys (name, models, engines, ...), got {type(doc).__name__}")
+    try:
+        return ExperimentConfig.model_validate(doc)
+    except ValidationError as exc:
+        problems = [_describe(e, ExperimentConfig) for e in exc.errors()]  # type: ignore[arg-type]
+        raise ConfigError(f"{source} is not a valid experiment config:\n  " + "\n  ".join(problems)) from None
+
+
+def resolve_config_path(text: str | Path) -> Path:
+    """A config file, or the name of a shipped one (quickstart, desparsify, paper-imagenet)."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_CONFIGS / f"{path.name}.yaml"
+    if path.suffix == "" and shipped.is_file():
+        return shipped
+    names = shipped_configs()
+    raise ConfigError(f"no config file {str(text)!r}{did_you_mean(str(text), names)}; shipped configs: {', '.join(names)}")
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read and validate a YAML experiment config (a path or a shipped config's name).
+
+    `overrides` maps dotted keys to values (`{"data.limit": 32}`) applied before validation.
+    """
+    import yaml
+
+    file = resolve_config_path(path)
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{file} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {file}: {exc}") from None
+    for key, value in (overrides or {}).items():
+        if not isinstance(doc, dict):
+            break
+        target = doc
+        *parents, last = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {key}: {part} is not a mapping in {file}")
+        target[last] = value
+    return validate_config(doc, source=str(file))

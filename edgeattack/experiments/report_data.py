@@ -1,0 +1,246 @@
+"""The report's tables, read from an experiment store (numpy-free, torch-free).
+
+Only the cells of the store's latest plan are reported (a cell dropped from the config stays in
+the store but is not shown); a cell that is not finished with its current inputs is left out of
+the numbers, and failed or skipped cells are listed with their errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeattack.experiments.store import CellRecord, ExperimentStore, open_store_for_report
+
+
+def engine_label(model: str, engine: str) -> str:
+    return f"{model}/{engine}"
+
+
+def _get(doc: dict[str, Any] | None, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+class _Tables:
+    def __init__(self, records: list[CellRecord]) -> None:
+        self.records = records
+        self.done = {r.id: r for r in records if r.status == "done" and r.result is not None}
+
+    def of(self, kind: str) -> list[CellRecord]:
+        return [r for r in self.done.values() if r.kind == kind]
+
+    def export_facts(self, model: str, engine: str) -> dict[str, Any]:
+        record = self.done.get(f"export/{model}/{engine}")
+        return record.result if record and record.result else {}
+
+    def craft(self, cell_id: str) -> dict[str, Any]:
+        record = self.done.get(cell_id)
+        return record.result if record and record.result else {}
+
+    def engines(self) -> list[dict[str, Any]]:
+        rows = []
+        for record in self.of("replay"):
+            model, engine = record.params["model"]["name"], record.params["engine"]["name"]
+            facts, result = self.export_facts(model, engine), record.result or {}
+            latency = result.get("latency") or {}
+            rows.append(
+                {
+                    "engine": engine_label(model, engine),
+                    "model": model,
+                    "family": facts.get("family"),
+                    "precision": facts.get("precision") or record.params["engine"]["precision"],
+                    "backend": _get(result, "engine", "backend") or facts.get("backend"),
+                    "size_mb": facts.get("size_mb"),
+                    "params_m": facts.get("params_m"),
+                    "gflops": facts.get("gflops"),
+                    "clean_acc": _get(result, "clean", "clean_acc"),
+                    "n_images": _get(result, "clean", "n_images"),
+                    "latency_median_ms": latency.get("median_ms"),
+                    "latency_p90_ms": latency.get("p90_ms"),
+                    "throughput_ips": latency.get("throughput_ips"),
+                    "batch_size": latency.get("batch_size"),
+                    "providers": ",".join(_get(result, "engine", "providers") or []),
+                }
+            )
+        return rows
+
+    def transfer(self) -> list[dict[str, Any]]:
+        rows = []
+        for record in self.of("replay"):
+            result = record.result or {}
+            label = engine_label(record.params["model"]["name"], record.params["engine"]["name"])
+            for cell_id, item in zip(result.get("artifact_cells", []), result.get("perturbations", []), strict=False):
+                craft = self.craft(cell_id)
+                rows.append(
+                    {
+                        "artifact": cell_id.removeprefix("craft/"),
+                        "method": craft.get("method") or item.get("method"),
+                        "norm": item.get("norm"),
+                        "eps": item.get("eps"),
+                        "source": craft.get("source") or item.get("crafted_on"),
+                        "engine": label,
+                        "asr": _get(item, "metrics", "asr"),
+                        "adv_acc": _get(item, "metrics", "adv_acc"),
+                        "fooling_rate": _get(item, "metrics", "fooling_rate"),
+                        "images": item.get("images_evaluated"),
+                    }
+                )
+        return rows
+
+    def blackbox(self) -> list[dict[str, Any]]:
+        rows = []
+        for record in self.of("blackbox"):
+            label = engine_label(record.params["model"]["name"], record.params["engine"]["name"])
+            for item in (record.result or {}).get("blackbox", []):
+                rows.append(
+                    {
+                        "engine": label,
+                        "attack": item.get("label"),
+                        "method": item.get("attack"),
+                        "norm": item.get("norm"),
+                        "eps": item.get("eps"),
+                        "budget": item.get("budget"),
+                        "asr": _get(item, "metrics", "asr"),
+                        "success_within_budget": item.get("success_within_budget"),
+                        "queries_median": _get(item, "queries", "median"),
+                        "queries_mean": _get(item, "queries", "mean"),
+                        "l2_median": _get(item, "norms", "l2_median"),
+                        "linf_median": _get(item, "norms", "linf_median"),
+                        "curve": item.get("success_curve") or [],
+                    }
+                )
+        return rows
+
+    def availability(self) -> list[dict[str, Any]]:
+        rows = []
+        for record in self.of("availability"):
+            model, engine = record.params["model"]["name"], record.params["engine"]["name"]
+            result = record.result or {}
+            cells = [None, *result.get("artifact_cells", [])]
+            mechanism = _get(result, "token_sparsity", "mechanism")
+            for cell_id, item in zip(cells, result.get("passes", []), strict=False):
+                craft = self.craft(cell_id) if cell_id else {}
+                energy = item.get("energy") or {}
+                rows.append(
+                    {
+                        "engine": engine_label(model, engine),
+                        "model": model,
+                        "mechanism": mechanism,
+                        "pass": "clean" if cell_id is None else cell_id.removeprefix("craft/"),
+                        "method": item.get("method"),
+                        "variant": craft.get("variant"),
+                        "eps": craft.get("eps"),
+                        "accuracy": item.get("accuracy"),
+                        "prediction_kept": item.get("prediction_kept"),
+                        "tur": item.get("tur"),
+                        "tur_per_block": item.get("tur_per_block"),
+                        "gflops": item.get("gflops"),
+                        "latency_median_ms": _get(item, "latency", "median_ms"),
+                        "latency_ratio": _get(item, "ratios", "latency_median"),
+                        "gflops_ratio": _get(item, "ratios", "gflops"),
+                        "tur_gap_closed": _get(item, "gap_closed", "tur"),
+                        "energy_j_per_image": _energy_per_image(energy),
+                        "energy_meter": energy.get("meter") or ("estimate" if energy.get("estimate_mj") is not None else None),
+                        "latency_samples_ms": item.get("latency_samples_ms"),
+                    }
+                )
+        return rows
+
+    def token_depth(self) -> list[dict[str, Any]]:
+        rows = []
+        for record in self.of("depth"):
+            result = record.result or {}
+            for item in result.get("passes", []):
+                rows.append(
+                    {
+                        "model": result.get("model"),
+                        "pass": item.get("pass"),
+                        "depth": item.get("depth"),
+                        "images": item.get("images"),
+                        "mean_depth": item.get("mean_depth"),
+                        "tur": item.get("tur"),
+                        "grid": item.get("grid"),
+                    }
+                )
+        return rows
+
+    def failures(self) -> list[dict[str, Any]]:
+        return [
+            {"cell": r.id, "kind": r.kind, "status": r.status, "error": r.error or "interrupted while running"}
+            for r in self.records
+            if r.status in ("failed", "skipped", "running")
+        ]
+
+
+def _energy_per_image(energy: dict[str, Any]) -> float | None:
+    """J per inference: the meter's reading where one measured, else the labelled estimate."""
+    for key in ("measured_mj", "estimate_mj"):
+        if energy.get(key) is not None:
+            return float(energy[key]) / 1e3
+    return None
+
+
+def report_data(store_path: str | Path) -> Any:
+    """The ReportData of the store at `store_path` (a directory or its store.sqlite)."""
+    with open_store_for_report(store_path) as store:
+        return _report_data(store)
+
+
+def _report_data(store: ExperimentStore) -> Any:
+    from edgeattack.report import ReportData
+
+    plan = store.get_meta("plan")
+    records = store.records(ids=plan) if plan else store.records()
+    tables = _Tables(records)
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.status] = counts.get(record.status, 0) + 1
+    runs = store.runs()
+    config = store.get_meta("config") or {}
+    name = store.get_meta("experiment") or store.directory.name
+    return ReportData(
+        title=f"edgeattack experiment: {name}",
+        meta={
+            "experiment": name,
+            "store": str(store.directory),
+            "created": store.get_meta("created"),
+            "cells": counts,
+            "planned": len(plan or records),
+            "runs": len(runs),
+            "last_run": runs[-1] if runs else None,
+            "wall_s": sum(r.wall_s or 0.0 for r in records if r.status == "done"),
+            "dataset": _get(config, "data", "dataset"),
+            "eval_split": _get(config, "data", "eval_split"),
+            "seed": config.get("seed"),
+        },
+        engines=tables.engines(),
+        transfer=tables.transfer(),
+        blackbox=tables.blackbox(),
+        availability=tables.availability(),
+        token_depth=tables.token_depth(),
+        failures=tables.failures(),
+    )
+
+
+def write_store_report(
+    store_path: str | Path,
+    html_path: str | Path | None = None,
+    *,
+    markdown_path: str | Path | None = None,
+    tables_dir: str | Path | None = None,
+) -> Any:
+    """Write the store's HTML report (default `<store>/report.html`), its Markdown twin and table exports.
+
+    ConfigError when the store holds no finished cell (nothing to report).
+    """
+    from edgeattack.experiments.store import resolve_store
+    from edgeattack.report import write_report
+
+    directory = resolve_store(store_path)
+    html = Path(html_path) if html_path is not None else directory / "report.html"
+    data = report_data(directory)
+    return write_report(data, html, markdown_path=markdown_path, tables_dir=tables_dir)

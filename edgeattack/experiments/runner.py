@@ -1,0 +1,227 @@
+"""Run a plan against its store: skip finished cells, run the rest on an executor, record everything.
+
+A cell runs once all the cells it depends on are done. A cell that fails is recorded with its
+error and traceback, the cells downstream of it are recorded as skipped (naming the failed
+dependency), and every other cell still runs; the summary lists the failures at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeattack.experiments.config import ExperimentConfig
+from edgeattack.experiments.plan import Cell, Plan, build_plan
+from edgeattack.experiments.store import ExperimentStore
+from edgeattack.experiments.task import CellFailure, CellOutcome, CellTask
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, str], None]
+"""Called as `progress(event, cell_id)`, event one of cached, start, done, failed, skipped."""
+
+
+@dataclass
+class RunSummary:
+    """What one `run` did."""
+
+    store: Path
+    planned: int
+    executor: str
+    ran: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.skipped and not self.interrupted
+
+    def describe(self) -> str:
+        text = (
+            f"{self.planned} cells: {len(self.ran)} ran, {len(self.cached)} already finished, "
+            f"{len(self.failed)} failed, {len(self.skipped)} skipped ({self.executor}, {self.wall_s:.1f} s)"
+        )
+        for cell_id, error in self.failed.items():
+            text += f"\n  failed  {cell_id}: {error}"
+        for cell_id, reason in self.skipped.items():
+            text += f"\n  skipped {cell_id}: {reason}"
+        return text
+
+
+def default_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    executor: str | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    only: list[str] | None = None,
+    rerun: list[str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunSummary:
+    """Run `config`'s plan into the store at `out_dir` (created if new), resuming what is there.
+
+    `executor`/`workers`/`ray_address` override the config's executor section; `only` restricts
+    the run to cells matching glob patterns (and what they need); `rerun` forces cells matching
+    glob patterns to run again even if finished.
+    """
+    plan = build_plan(config)
+    selected = plan.select(only) if only else list(plan.cells)
+    forced = set(plan.select(rerun)) & set(selected) if rerun else set()
+    kind = executor or config.executor.kind
+    n_workers = workers or config.executor.workers
+    threads = config.executor.threads or default_threads(n_workers)
+    start = time.perf_counter()
+    with ExperimentStore(out_dir, create=True) as store:
+        store.lock()
+        store.bind_experiment(config.name, config.model_dump(mode="json"), list(plan.cells))
+        store.clean_scratch()
+        summary = RunSummary(store=store.directory, planned=len(selected), executor=kind)
+        run_id = store.start_run(kind, config.sha256(), len(selected))
+        try:
+            _Scheduler(plan, store, selected, forced, summary, progress, threads).run(
+                kind, n_workers, ray_address or config.executor.ray_address
+            )
+        except BaseException:
+            summary.interrupted = True
+            raise
+        finally:
+            summary.wall_s = time.perf_counter() - start
+            store.finish_run(
+                run_id,
+                ran=len(summary.ran),
+                cached=len(summary.cached),
+                failed=len(summary.failed),
+                skipped=len(summary.skipped),
+                interrupted=summary.interrupted,
+            )
+    return summary
+
+
+class _Scheduler:
+    def __init__(
+        self,
+        plan: Plan,
+        store: ExperimentStore,
+        selected: list[str],
+        forced: set[str],
+        summary: RunSummary,
+        progress: ProgressCallback | None,
+        threads: int,
+    ) -> None:
+        self.plan, self.store, self.summary = plan, store, summary
+        self.progress = progress or (lambda _event, _cell: None)
+        self.threads = threads
+        self.done: set[str] = set()
+        self.broken: dict[str, str] = {}
+        self.waiting: list[str] = []
+        self.scratch: dict[str, tuple[Path, float]] = {}
+        for cell_id in selected:
+            if cell_id not in forced and store.is_finished(cell_id, plan.hashes[cell_id]):
+                self.done.add(cell_id)
+                summary.cached.append(cell_id)
+                self.progress("cached", cell_id)
+            else:
+                self.waiting.append(cell_id)
+
+    def run(self, kind: str, workers: int, ray_address: str | None) -> None:
+        if not self.waiting:
+            return
+        from edgeattack.experiments.cells import run_cell
+        from edgeattack.experiments.executors import make_executor
+
+        with make_executor(kind, run_cell, workers=workers, ray_address=ray_address) as executor:
+            while self.waiting or executor.pending:
+                self._skip_broken()
+                for cell_id in self._ready(executor.capacity - executor.pending):
+                    executor.submit(self._task(self.plan.cells[cell_id]))
+                    self.progress("start", cell_id)
+                if executor.pending == 0:
+                    if self.waiting:  # pragma: no cover - a plan is acyclic and ordered
+                        raise RuntimeError(f"cells cannot start: {self.waiting[:3]}")
+                    break
+                for task, outcome in executor.wait():
+                    self._record(task, outcome)
+
+    def _skip_broken(self) -> None:
+        for cell_id in list(self.waiting):
+            cell = self.plan.cells[cell_id]
+            bad = next((d for d in cell.deps if d in self.broken), None)
+            if bad is None:
+                continue
+            reason = f"dependency {bad} {'failed' if bad in self.summary.failed else 'was skipped'}"
+            self.waiting.remove(cell_id)
+            self.broken[cell_id] = reason
+            self.summary.skipped[cell_id] = reason
+            self.store.mark_skipped(cell_id, cell.kind, self.plan.hashes[cell_id], cell.params, reason)
+            self.progress("skipped", cell_id)
+
+    def _ready(self, room: int) -> list[str]:
+        ready = []
+        for cell_id in self.waiting:
+            if len(ready) >= room:
+                break
+            if all(d in self.done for d in self.plan.cells[cell_id].deps):
+                ready.append(cell_id)
+        for cell_id in ready:
+            self.waiting.remove(cell_id)
+        return ready
+
+    def _task(self, cell: Cell) -> CellTask:
+        inputs: dict[str, str] = {}
+        for name, (dep, output) in cell.input_refs().items():
+            inputs[name] = str(self.store.output_path(dep, output))
+            if output == "engine":
+                record = self.store.get(dep)
+                if record is not None and "engine_sidecar" in record.outputs:
+                    inputs[f"{name}_sidecar"] = str(self.store.output_path(dep, "engine_sidecar"))
+        self.store.mark_running(cell.id, cell.kind, self.plan.hashes[cell.id], cell.params)
+        scratch = self.store.scratch_dir(cell.id)
+        self.scratch[cell.id] = (scratch, time.perf_counter())
+        return CellTask(
+            id=cell.id,
+            kind=cell.kind,
+            params=cell.params,
+            inputs=inputs,
+            workdir=str(scratch.resolve()),
+            resources=dict(cell.resources),
+            threads=self.threads,
+        )
+
+    def _record(self, task: CellTask, outcome: CellOutcome | CellFailure) -> None:
+        scratch, started = self.scratch.pop(task.id)
+        if isinstance(outcome, CellFailure):
+            self.broken[task.id] = outcome.error
+            self.summary.failed[task.id] = outcome.error
+            self.store.mark_failed(
+                task.id, error=outcome.error, traceback=outcome.traceback, host=outcome.host,
+                wall_s=time.perf_counter() - started,
+            )
+            logger.warning("cell %s failed: %s", task.id, outcome.error)
+            self.progress("failed", task.id)
+            return
+        try:
+            self.store.mark_done(
+                task.id, result=outcome.result, outputs=outcome.outputs, scratch=scratch, wall_s=outcome.wall_s, host=outcome.host
+            )
+        except Exception as exc:  # a result that cannot be stored is that cell's failure, not the run's
+            error = f"{type(exc).__name__}: {exc}"
+            self.broken[task.id] = error
+            self.summary.failed[task.id] = error
+            self.store.mark_failed(task.id, error=error, traceback=None, host=outcome.host, wall_s=outcome.wall_s)
+            self.progress("failed", task.id)
+            return
+        self.done.add(task.id)
+        self.summary.ran.append(task.id)
+        self.progress("done", task.id)

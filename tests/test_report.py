@@ -1,0 +1,457 @@
+"""The experiment report (edgeattack.report): HTML, Markdown, figures, table exports, the torch line."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_torch_line import make_blocker_dir, run_python_without_torch
+
+from edgeattack.errors import ConfigError
+from edgeattack.report import ReportData, ReportFiles, render_html, render_markdown, write_report, write_tables
+from edgeattack.report.data import SECTIONS, eps_label, perturbation_label
+from edgeattack.report.figures import FIGURES, render_figures
+from edgeattack.report.tables import table_rows
+
+EVIL = "<script>alert('x')</script>"
+DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+
+
+def synthetic_report() -> ReportData:
+    """A realistic small experiment: three engines (vit, int8, ats), transfer, black-box, DeSparsify."""
+    rng = np.random.default_rng(0)
+    engines = [
+        {
+            "engine": "deit_tiny/fp32",
+            "model": "deit_tiny",
+            "family": "vit",
+            "precision": "fp32",
+            "backend": "onnxruntime",
+            "size_mb": 21.93,
+            "params_m": 5.72,
+            "gflops": 1.258,
+            "clean_acc": 0.912,
+            "n_images": 200,
+            "latency_median_ms": 4.2137,
+            "latency_p90_ms": 4.871,
+            "throughput_ips": 237.46,
+            "batch_size": 8,
+            "providers": "CPUExecutionProvider",
+        },
+        {
+            "engine": "deit_tiny/int8",
+            "model": "deit_tiny",
+            "family": "int8",
+            "precision": "int8",
+            "backend": "onnxruntime",
+            "size_mb": 5.81,
+            "params_m": 5.72,
+            "gflops": 1.258,
+            "clean_acc": 0.8975,
+            "n_images": 200,
+            "latency_median_ms": 2.9051,
+            "latency_p90_ms": 3.3012,
+            "throughput_ips": 344.2,
+            "batch_size": 8,
+            "providers": "CPUExecutionProvider",
+        },
+        {
+            "engine": "ats_deit_tiny/fp32",
+            "model": "ats_deit_tiny",
+            "family": "ats",
+            "precision": "fp32",
+            "backend": "onnxruntime",
+            "size_mb": 21.95,
+            "params_m": 5.72,
+            "gflops": 0.884,
+            "clean_acc": 0.905,
+            "n_images": 200,
+            "latency_median_ms": None,
+            "latency_p90_ms": None,
+            "throughput_ips": None,
+            "batch_size": 8,
+            "providers": "CPUExecutionProvider",
+        },
+    ]
+    names = [e["engine"] for e in engines]
+    transfer = []
+    base = {"deit_tiny/fp32": 0.95, "deit_tiny/int8": 0.71, "ats_deit_tiny/fp32": 0.43}
+    for eps in (2, 4, 8):
+        for engine in names:
+            asr = round(base[engine] * eps / 8, 4)
+            transfer.append(
+                {
+                    "artifact": f"pgd-linf-{eps}",
+                    "method": "pgd",
+                    "norm": "linf",
+                    "eps": eps / 255,
+                    "source": "deit_tiny",
+                    "engine": engine,
+                    "asr": asr,
+                    "adv_acc": round(1 - asr, 4),
+                    "fooling_rate": round(asr * 0.97, 4),
+                    "images": 200,
+                }
+            )
+    for engine, asr in zip(names, (0.634, 0.552, None), strict=True):
+        transfer.append(
+            {
+                "artifact": "uap-linf-8",
+                "method": "uap",
+                "norm": "linf",
+                "eps": 8 / 255,
+                "source": "deit_tiny",
+                "engine": engine,
+                "asr": asr,
+                "adv_acc": None if asr is None else round(1 - asr, 4),
+                "fooling_rate": None,
+                "images": 200,
+            }
+        )
+    blackbox = [
+        {
+            "engine": "deit_tiny/int8",
+            "attack": "square:eps=0.03",
+            "method": "square",
+            "norm": "linf",
+            "eps": 8 / 255,
+            "budget": 1000,
+            "asr": 0.8125,
+            "success_within_budget": 0.8125,
+            "queries_median": 143.0,
+            "queries_mean": 212.4,
+            "l2_median": 1.9342,
+            "linf_median": 8 / 255,
+            "curve": [[0, 0.0], [10, 0.05], [50, 0.31], [100, 0.48], [200, 0.66], [500, 0.77], [1000, 0.8125]],
+        },
+        {
+            "engine": "ats_deit_tiny/fp32",
+            "attack": "hopskipjump",
+            "method": "hopskipjump",
+            "norm": "l2",
+            "eps": None,
+            "budget": 1000,
+            "asr": 1.0,
+            "success_within_budget": 0.6,
+            "queries_median": 420.0,
+            "queries_mean": None,
+            "l2_median": 3.21,
+            "linf_median": None,
+            "curve": [[0, 0.0], [25, 0.2], [100, 0.35], [400, 0.5], [1000, 0.6]],
+        },
+    ]
+    availability = []
+    passes = [
+        ("clean", None, None, 0.905, 1.0, 0.52, 3.0),
+        ("desparsify-ats-8", "desparsify", 8 / 255, 0.88, 0.93, 0.81, 4.6),
+        ("desparsify-ats-16", "desparsify", 16 / 255, 0.85, 0.9, 0.94, 5.3),
+    ]
+    for label, method, eps, acc, kept, tur, latency in passes:
+        clean = label == "clean"
+        availability.append(
+            {
+                "engine": "ats_deit_tiny/fp32",
+                "model": "ats_deit_tiny",
+                "mechanism": "ats",
+                "pass": label,
+                "method": method,
+                "variant": None if clean else "single",
+                "eps": eps,
+                "accuracy": acc,
+                "prediction_kept": kept,
+                "tur": tur,
+                "tur_per_block": [1.0, tur, tur * 0.9, tur * 0.8],
+                "gflops": round(0.884 * (1 + (tur - 0.52)), 3),
+                "latency_median_ms": latency,
+                "latency_ratio": None if clean else round(latency / 3.0, 3),
+                "gflops_ratio": None if clean else round(1 + (tur - 0.52), 3),
+                "tur_gap_closed": None if clean else round((tur - 0.52) / 0.48, 3),
+                "energy_j_per_image": None if clean else 0.0123,
+                "energy_meter": None if clean else "estimate",
+                "latency_samples_ms": [round(float(v), 3) for v in rng.normal(latency, latency * 0.08, 40)],
+            }
+        )
+    token_depth = []
+    yy, xx = np.mgrid[0:8, 0:8]
+    centre = np.exp(-((yy - 3.5) ** 2 + (xx - 3.5) ** 2) / 12.0)
+    for label, lift in (("clean", 0.0), ("desparsify-ats-8", 2.0), ("desparsify-ats-16", 3.5)):
+        grid = np.clip(1.0 + 4.0 * centre + lift * (1 - centre), 0, 6)
+        token_depth.append(
+            {
+                "model": "ats_deit_tiny",
+                "pass": label,
+                "depth": 6,
+                "images": 64,
+                "grid": [[round(float(v), 3) for v in line] for line in grid],
+            }
+        )
+    failures = [
+        {
+            "cell": f"blackbox/deit_tiny/{EVIL}",
+            "kind": "blackbox",
+            "status": "failed",
+            "error": "EngineError: the engine returned NaN logits\n  at batch 3",
+        }
+    ]
+    return ReportData(
+        title="edgeattack experiment: synthetic",
+        meta={
+            "experiment": "synthetic",
+            "config_sha256": "ab" * 32,
+            "store": "/tmp/store",
+            "created": "2025-01-01T00:00:00Z",
+            "cells": {"done": 14, "failed": 1, "skipped": 0},
+            "wall_s": 754.2,
+            "seed": None,
+        },
+        engines=engines,
+        transfer=transfer,
+        blackbox=blackbox,
+        availability=availability,
+        token_depth=token_depth,
+        failures=failures,
+    )
+
+
+@pytest.fixture(scope="module")
+def data() -> ReportData:
+    return synthetic_report()
+
+
+@pytest.fixture(scope="module")
+def images(data) -> dict[str, bytes | None]:
+    return render_figures(data)
+
+
+@pytest.fixture(scope="module")
+def html(data, images) -> str:
+    return render_html(data, images=images)
+
+
+def _decoded_pngs(text: str) -> list[Image.Image]:
+    result = []
+    for payload in DATA_URI.findall(text):
+        image = Image.open(io.BytesIO(base64.b64decode(payload)))
+        image.load()
+        result.append(image)
+    return result
+
+
+def test_every_figure_renders_a_sane_png(images):
+    assert set(images) == set(FIGURES)
+    for name, png in images.items():
+        assert png is not None, name
+        image = Image.open(io.BytesIO(png))
+        assert image.format == "PNG"
+        width, height = image.size
+        assert 300 <= width <= 2000 and 200 <= height <= 2600, (name, image.size)
+
+
+def test_html_has_every_section_figure_and_number(html, data):
+    for section in SECTIONS:
+        assert f'id="{section.anchor}"' in html and f'href="#{section.anchor}"' in html
+    pngs = _decoded_pngs(html)
+    assert len(pngs) == len(FIGURES)
+    assert all(p.format == "PNG" and p.size[0] > 300 for p in pngs)
+    for name in FIGURES:
+        assert f'id="fig-{name}"' in html
+    for number in (
+        "91.2",
+        "89.8",
+        "4.21",
+        "4.87",
+        "237.5",
+        "21.93",
+        "1.26",
+        "8/255",
+        "2/255",
+        "95.0",
+        "63.4",
+        "81.2",
+        "143.0",
+        "52.0",
+        "1.53×",
+        "12.3",
+        "754.2 s",
+        "done 14 · failed 1",
+    ):
+        assert number in html, number
+    assert "No data" not in html
+    assert "No figure" not in html
+
+
+def test_html_is_self_contained(html):
+    assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', html, re.IGNORECASE)
+    assert "http://" not in html and "https://" not in html
+    assert "<link" not in html and "<script" not in html.lower().replace("&lt;script", "")
+
+
+def test_html_escapes_text(html):
+    assert EVIL not in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert 'class="failures alert"' in html and "1 cell did not finish" in html
+
+
+def test_missing_values_render_as_dash(html, data):
+    headers, rows = table_rows(data, "engines")
+    ats = rows[2]
+    assert ats[headers.index("Latency median (ms)")] == "–"
+    assert '<td class="missing">–</td>' in html
+    _, matrix = table_rows(data, "transfer_matrix")
+    assert matrix[-1][-1] == "–"
+
+
+def test_table_rows_format_units(data):
+    headers, rows = table_rows(data, "transfer")
+    assert headers[:4] == ["Artifact", "Method", "Norm", "ε"] and "ASR (%)" in headers
+    assert rows[0][3] == "2/255"
+    headers, rows = table_rows(data, "transfer_matrix")
+    assert headers[1:] == ["deit_tiny/fp32", "deit_tiny/int8", "ats_deit_tiny/fp32"]
+    assert [r[0] for r in rows] == [
+        "pgd 2/255 @deit_tiny",
+        "pgd 4/255 @deit_tiny",
+        "pgd 8/255 @deit_tiny",
+        "uap 8/255 @deit_tiny",
+    ]
+    assert rows[2][1] == "95.0"
+    headers, rows = table_rows(data, "latency_distribution")
+    assert [r[1] for r in rows] == ["clean", "desparsify-ats-8", "desparsify-ats-16"]
+    assert all(r[2] == "40" for r in rows)
+    headers, rows = table_rows(data, "token_depth")
+    assert rows[0][headers.index("Grid (tokens)")] == "8×8"
+    assert eps_label(0.5, "l2") == "0.5" and eps_label(None) == "–" and eps_label(1 / 255) == "1/255"
+    assert perturbation_label({"method": "pgd"}) == "pgd"
+    assert perturbation_label({"method": "cw", "norm": "l2", "eps": 0.5, "source": "twin"}) == "cw L2 0.5 @twin"
+
+
+def test_empty_tables_say_no_data():
+    data = ReportData(title="only engines", engines=synthetic_report().engines[:1])
+    html = render_html(data)
+    assert html.count("No data: the store holds no finished cell of this kind") == 5
+    assert "No failed, skipped or interrupted cell." in html
+    assert 'class="failures alert"' not in html
+    assert len(_decoded_pngs(html)) == 1
+    markdown = render_markdown(data)
+    assert markdown.count("No data: the store holds no finished cell of this kind") == 5
+
+
+def test_partial_data_without_figures_data_says_why():
+    full = synthetic_report()
+    transfer = [dict(r) for r in full.transfer if r["method"] == "uap"]
+    availability = [{**r, "latency_samples_ms": None} for r in full.availability]
+    data = ReportData(
+        title="partial", transfer=transfer, availability=availability, blackbox=[{**full.blackbox[0], "curve": []}]
+    )
+    html = render_html(data)
+    assert "No figure: no method was replayed at two or more ε values" in html
+    assert "No figure: no pass recorded its latency samples." in html
+    assert "No figure: no black-box attack recorded a query-success curve." in html
+    assert "No engine has a clean accuracy" not in html
+
+
+def test_all_none_values_do_not_crash():
+    keys = {name: list(rows[0]) for name, rows in synthetic_report().to_dict().items() if isinstance(rows, list)}
+    data = ReportData(
+        title="nothing measured",
+        meta={"cells": None},
+        **{name: [dict.fromkeys(k) for _ in range(2)] for name, k in keys.items()},
+    )
+    html = render_html(data)
+    assert "–" in html
+    render_markdown(data)
+
+
+def test_empty_data_raises(tmp_path):
+    data = ReportData(title="empty", meta={"experiment": "x"})
+    assert data.is_empty()
+    with pytest.raises(ConfigError, match="nothing to report"):
+        write_report(data, tmp_path / "report.html")
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_markdown_has_tables_and_embedded_images(data, images):
+    markdown = render_markdown(data, images=images)
+    assert markdown.startswith("# edgeattack experiment: synthetic\n")
+    assert "| Engine | Model | Family |" in markdown
+    assert "| --- | --- | --- | --- | --- | ---: |" in markdown  # numbers right-aligned
+    assert len(_decoded_pngs(markdown)) == len(FIGURES)
+    assert "](#asr-vs-ε)" in markdown and "](#availability-desparsify)" in markdown
+    assert EVIL not in markdown and "&lt;script&gt;" in markdown
+    assert "<br>" in markdown  # the failure's two-line error stays in one table row
+    assert "Warning: 1 cell did not finish" in markdown
+
+
+def test_markdown_image_dir_writes_files(data, images, tmp_path):
+    image_dir = tmp_path / "figures"
+    markdown = render_markdown(data, image_dir=image_dir, images=images)
+    written = sorted(p.name for p in image_dir.iterdir())
+    assert written == sorted(f"{name}.png" for name in FIGURES)
+    assert "data:image" not in markdown
+    for name in FIGURES:
+        assert f"](figures/{name}.png)" in markdown
+        assert Image.open(image_dir / f"{name}.png").format == "PNG"
+
+
+def test_write_tables_round_trip(data, tmp_path):
+    paths = write_tables(data, tmp_path / "tables")
+    assert sorted(p.name for p in paths) == sorted(f"{t}.{ext}" for t in data.TABLES for ext in ("csv", "json"))
+    for name in data.TABLES:
+        rows = data.table(name)
+        assert json.loads((tmp_path / "tables" / f"{name}.json").read_text()) == rows
+        with open(tmp_path / "tables" / f"{name}.csv", newline="", encoding="utf-8") as handle:
+            table = list(csv.reader(handle))
+        assert table[0] == list(rows[0]) and len(table) == len(rows) + 1
+    with open(tmp_path / "tables" / "blackbox.csv", newline="", encoding="utf-8") as handle:
+        first = next(csv.DictReader(handle))
+    assert json.loads(first["curve"]) == data.blackbox[0]["curve"]
+    assert first["engine"] == "deit_tiny/int8"
+    partial = write_tables(ReportData(title="t", engines=data.engines), tmp_path / "partial")
+    assert sorted(p.name for p in partial) == ["engines.csv", "engines.json"]
+
+
+def test_report_data_round_trip(data):
+    doc = json.loads(json.dumps(data.to_dict()))
+    assert ReportData.from_dict(doc) == data
+    assert ReportData.from_dict({"title": "t"}).is_empty()
+    with pytest.raises(ConfigError):
+        ReportData.from_dict({"title": "t", "engines": "nope"})
+    with pytest.raises(ConfigError):
+        ReportData.from_dict({"engines": []})
+
+
+def test_write_report_writes_everything(data, tmp_path):
+    files = write_report(
+        data,
+        tmp_path / "out" / "report.html",
+        markdown_path=tmp_path / "out" / "report.md",
+        tables_dir=tmp_path / "out" / "tables",
+    )
+    assert isinstance(files, ReportFiles)
+    assert files.html.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert files.markdown is not None and "](report_figures/transfer_heatmap.png)" in files.markdown.read_text()
+    assert len(files.images) == len(FIGURES) and all(p.exists() for p in files.images)
+    assert len(files.tables) == 2 * len(data.TABLES)
+
+
+def test_report_imports_and_renders_without_torch(tmp_path):
+    blocker = make_blocker_dir(tmp_path / "blocked")
+    code = """
+        import sys
+        import edgeattack.report
+        assert "matplotlib" not in sys.modules, "importing the report imported matplotlib"
+        from edgeattack.report import ReportData, render_html
+        data = ReportData(title="t", engines=[{"engine": "e", "family": "vit", "size_mb": 1.0, "gflops": 2.0,
+                                                "clean_acc": 0.5}])
+        html = render_html(data)
+        assert "data:image/png;base64," in html
+        loaded = sorted(m for m in ("torch", "timm", "onnx", "torchvision") if m in sys.modules)
+        assert not loaded, loaded
+        print("ok")
+    """
+    assert run_python_without_torch(code, blocker, cwd=tmp_path).stdout.strip() == "ok"
