@@ -33,6 +33,6 @@ def test_demo_runs_the_quickstart_and_writes_the_report(tmp_path: Path) -> None:
     for section in ("Transfer matrix", "ASR vs", "Black-box", "DeSparsify", "Token depth"):
         assert section in html
     transfer = json.loads((out / "tables" / "transfer.json").read_text())
-    assert len(transfer) == 20 * 21  # every perturbation on every engine of every model
+    assert len(transfer) == 20 * 20  # every PGD/UAP perturbation on every engine of every model
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--limit", "24", *settings], catch_exceptions=False)
     assert again.exit_code == 0 and f"0 ran, {len(plan)} already finished" in again.output

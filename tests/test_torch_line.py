@@ -53,6 +53,16 @@ TORCH_FREE_MODULES = (
     "edgeattack.metrics.energy.select",
     "edgeattack.cli.bundle",
     "edgeattack.export",
+    "edgeattack.experiments.config",
+    "edgeattack.experiments.plan",
+    "edgeattack.experiments.store",
+    "edgeattack.experiments.runner",
+    "edgeattack.experiments.cells",
+    "edgeattack.experiments.executors",
+    "edgeattack.experiments.ray_executor",
+    "edgeattack.experiments.report_data",
+    "edgeattack.report",
+    "edgeattack.cli.run",
 )
 
 
@@ -196,3 +206,42 @@ def test_blackbox_attacks_and_transfer_run_without_torch(blocker_dir, tmp_path):
     assert [m["attack"] for m in doc["matrices"]] == ["spatial", "square:eps=0.1"]
     attacked = doc["results"][0]["blackbox"]
     assert all(b["queries"]["max"] <= 40 for b in attacked)
+
+
+def test_experiment_cells_on_an_onnx_engine_run_without_torch(blocker_dir, tmp_path, onnx_engines):
+    """Replay and black-box cells of an ONNX engine (what a board joined as a Ray node runs) need no torch."""
+    from edgeattack.experiments.config import validate_config
+    from edgeattack.experiments.plan import build_plan
+
+    config = validate_config(
+        {
+            "name": "board",
+            "data": {"limit": 8},
+            "models": ["vit_tiny_digits"],
+            "engines": [{"name": "fp32"}],
+            "blackbox": [{"spec": "salt_and_pepper", "budget": 30, "limit": 2}],
+            "metrics": {"latency_seconds": 0, "latency_runs": 1},
+        }
+    )
+    plan = build_plan(config)
+    cells = {k: plan.cells[k] for k in ("replay/vit_tiny_digits/fp32", "blackbox/vit_tiny_digits/fp32/salt_and_pepper")}
+    tasks = [
+        {"id": c.id, "kind": c.kind, "params": c.params, "inputs": {"engine": str(onnx_engines["fp32"])},
+         "workdir": str(tmp_path / c.kind), "resources": c.resources}
+        for c in cells.values()
+    ]
+    for task in tasks:
+        Path(task["workdir"]).mkdir()
+    code = f"""
+        import json, sys
+        from edgeattack.experiments.cells import run_cell
+        from edgeattack.experiments.task import CellTask
+        for doc in json.loads({json.dumps(json.dumps(tasks))}):
+            outcome = run_cell(CellTask(**doc))
+            print(doc["kind"], outcome.result["clean"]["clean_acc"], sorted(outcome.outputs))
+        loaded = sorted(m for m in {BLOCKED_MODULES!r} if m in sys.modules)
+        assert not loaded, loaded
+    """
+    out = run_python_without_torch(code, blocker_dir).stdout
+    assert "replay" in out and "blackbox" in out and "['result']" in out
+    assert json.loads((tmp_path / "blackbox" / "result.json").read_text())["blackbox"][0]["attack"] == "salt_and_pepper"
