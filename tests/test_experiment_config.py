@@ -71,6 +71,8 @@ def test_fractions_are_numbers() -> None:
         ({"whitebox": [{"name": "p", "method": "pgd", "eps": [0.1], "sources": ["twin:nope"]}]}, "names no engine"),
         ({"whitebox": [{"name": "p", "method": "pgd", "eps": [0.1], "sources": ["twin:fp32"]}]}, "only a static int8 ONNX engine"),
         ({"whitebox": [{"name": "p", "method": "pgd", "eps": [0.1], "models": ["other"]}]}, "model 'other' is not in models"),
+        ({"whitebox": [{"name": "p", "method": "pgd"}]}, "eps is required"),
+        ({"whitebox": [{"name": "p", "method": "desparsify", "eps": [0.1], "params": {"variant": "patch"}}]}, "the patch variant has no eps"),
         ({"nmae": "x"}, "nmae: unknown key (did you mean: name"),
     ],
 )
@@ -202,3 +204,7 @@ def test_select_and_eps_labels() -> None:
     with pytest.raises(ConfigError, match="no cell matches"):
         plan.select(["nothing/*"])
     assert eps_label(8 / 255) == "8_255" and eps_label(0.5) == "0.5"
+    patch = _config(models=["ats_tiny_digits"], whitebox=[{"name": "patch", "method": "desparsify", "params": {"variant": "patch"}}])
+    cells = build_plan(validate_config(patch)).cells
+    assert cells["craft/patch@ats_tiny_digits"].params["eps"] is None
+    assert cells["availability/ats_tiny_digits/fp32"].params["artifacts"] == ["craft/patch@ats_tiny_digits"]

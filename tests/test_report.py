@@ -15,9 +15,9 @@ from test_torch_line import make_blocker_dir, run_python_without_torch
 
 from edgeattack.errors import ConfigError
 from edgeattack.report import ReportData, ReportFiles, render_html, render_markdown, write_report, write_tables
-from edgeattack.report.data import SECTIONS, eps_label, perturbation_label
-from edgeattack.report.figures import FIGURES, render_figures
-from edgeattack.report.tables import table_rows
+from edgeattack.report.data import SECTIONS, compact_floats, eps_label, perturbation_label
+from edgeattack.report.figures import FIGURES, accuracy_vs_size, asr_vs_eps, render_figures, transfer_heatmap
+from edgeattack.report.tables import FOLD_ROWS, MAX_EPS_PANELS, asr_eps_panels, block_note, table_rows
 
 EVIL = "<script>alert('x')</script>"
 DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
@@ -455,3 +455,120 @@ def test_report_imports_and_renders_without_torch(tmp_path):
         print("ok")
     """
     assert run_python_without_torch(code, blocker, cwd=tmp_path).stdout.strip() == "ok"
+
+
+MODELS = ("vit_a", "deit_b", "dynamicvit_c", "minivit_d", "ats_e")
+DEPLOYMENTS = ("torch", "fp32", "int8", "int8-dyn")
+
+
+def many_engines_report(sources: int = 10) -> ReportData:
+    """20 engines (5 models × 4 deployments) and `sources` pgd sources: the first 8 at 3 ε, the rest at 2."""
+    engines = [
+        {
+            "engine": f"{model}/{deployment}",
+            "model": model,
+            "family": model.split("_")[0],
+            "size_mb": 1.0 + index + (0.25 if deployment.startswith("int8") else 0.0),
+            "gflops": 0.05,
+            "clean_acc": 0.9,
+        }
+        for index, model in enumerate(MODELS)
+        for deployment in DEPLOYMENTS
+    ]
+    transfer = []
+    for n in range(sources):
+        source = f"{MODELS[n % len(MODELS)]}~{n}" if n >= len(MODELS) else MODELS[n]
+        for eps in (2, 4, 8) if n < MAX_EPS_PANELS else (4, 8):
+            for engine in engines:
+                asr = min(1.0, eps / 8 * (0.9 if engine["model"] == source.split("~")[0] else 0.3))
+                transfer.append(
+                    {
+                        "method": "pgd",
+                        "norm": "linf",
+                        "eps": eps / 255,
+                        "source": source,
+                        "engine": engine["engine"],
+                        "asr": asr,
+                    }
+                )
+    return ReportData(title="many engines", engines=engines, transfer=transfer)
+
+
+def test_asr_vs_eps_table_is_the_figures_pivot(data):
+    headers, rows = table_rows(data, "asr_vs_eps")
+    assert headers == ["Method", "Crafted on", "Target model", "Kind", "Engines", "ε = 2/255", "ε = 4/255", "ε = 8/255"]
+    assert [r[:5] for r in rows] == [
+        ["pgd", "deit_tiny", "deit_tiny", "white-box", "2"],
+        ["pgd", "deit_tiny", "ats_deit_tiny", "transfer", "1"],
+    ]  # uap has one ε only: no line
+    assert rows[0][5:] == ["20.8", "41.5", "83.0"]  # mean of fp32 (95 % at 8/255) and int8 (71 %)
+    assert rows[1][6:] == ["21.5", "43.0"]
+    (panel,) = asr_eps_panels(data)
+    white_box = panel.curves[0]
+    assert white_box.white_box and white_box.points[8 / 255] == pytest.approx((0.83, 0.71, 0.95))
+    assert block_note(data, "asr_vs_eps") == ""
+
+
+def test_asr_vs_eps_keeps_the_panels_with_most_eps():
+    data = many_engines_report(sources=10)
+    panels = asr_eps_panels(data)
+    assert len(panels) == 10 and [len(p.eps) for p in panels] == [3] * 8 + [2] * 2
+    assert all(len(p.curves) == len(MODELS) and p.curves[0].white_box for p in panels)
+    assert sum(c.white_box for p in panels for c in p.curves) == 10  # `model~twin` counts as crafted on model
+    assert block_note(data, "asr_vs_eps").startswith("2 of 10 method/source panels are left out")
+    _, rows = table_rows(data, "asr_vs_eps")
+    assert len(rows) == 10 * len(MODELS)  # the table keeps every panel
+    assert rows[-1][5] == "–" and rows[-1][4] == "4"
+    html = render_html(data)
+    assert "2 of 10 method/source panels are left out" in html
+    png = asr_vs_eps(data)
+    assert png is not None
+    width, height = Image.open(io.BytesIO(png)).size
+    assert width <= 1400 and height <= 900  # 2 rows of 4 panels, not 10 panels or 200 lines
+
+
+def test_wide_figures_stay_readable():
+    data = many_engines_report(sources=3)
+    for render in (transfer_heatmap, accuracy_vs_size):
+        png = render(data)
+        assert png is not None
+        width, _ = Image.open(io.BytesIO(png)).size
+        assert width <= 1300, render.__name__
+
+
+def test_long_transfer_table_is_folded(tmp_path):
+    data = many_engines_report(sources=1)
+    assert len(data.transfer) == 60 > FOLD_ROWS
+    html = render_html(data)
+    assert '<details class="fold"><summary>All 60 replayed perturbations' in html
+    assert html.count("<details") == 1  # the pivot and the matrix stay open
+    files = write_report(data, tmp_path / "r.html", markdown_path=tmp_path / "r.md", tables_dir=tmp_path / "tables")
+    assert files.markdown is not None
+    markdown = files.markdown.read_text(encoding="utf-8")
+    assert "Showing the first 40 of 60 rows; all 60 are in [tables/transfer.csv](tables/transfer.csv)" in markdown
+    section = markdown.split("**Every replayed perturbation")[1].split("Showing the first")[0]
+    assert sum(line.startswith("| ") for line in section.splitlines()) == FOLD_ROWS + 2  # head and rule
+    with open(tmp_path / "tables" / "transfer.csv", encoding="utf-8") as handle:
+        assert len(handle.read().splitlines()) == 61  # the CSV holds every row
+    short = render_html(synthetic_report())
+    assert "<details" not in short and "Every replayed perturbation" in short
+
+
+def test_long_floats_in_labels_are_compact(data):
+    assert compact_floats("square:eps=0.03137254901960784") == "square:eps=8/255"
+    assert compact_floats("lr=0.123456789, eps=0.5, r07") == "lr=0.1235, eps=0.5, r07"
+    assert compact_floats("v1.2.12345678") == "v1.2.12345678"
+    blackbox = [{**data.blackbox[0], "attack": "square:eps=0.03137254901960784"}]
+    headers, rows = table_rows(ReportData(title="t", blackbox=blackbox), "blackbox")
+    assert rows[0][headers.index("Attack")] == "square:eps=8/255"
+    html = render_html(ReportData(title="t", blackbox=blackbox))
+    assert "0.0313725" not in html and "square:eps=8/255" in html
+
+
+def test_wide_tables_get_the_compact_style(html):
+    availability = html.split('id="availability"')[1].split("</section>")[0]
+    assert '<table class="wide">' in availability
+    engines = html.split('id="engines"')[1].split("</section>")[0]
+    assert '<table class="wide">' in engines
+    matrix = html.split('id="transfer-matrix"')[1].split("</section>")[0]
+    assert "<table>" in matrix and "deit_<wbr>tiny/<wbr>int8</th>" in matrix  # long headers may wrap

@@ -154,7 +154,8 @@ def _craft(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
         else:
             sources.append(create_model(spec["name"], checkpoint=spec.get("checkpoint")))
     params = dict(p.get("attack_params") or {})
-    params["eps"] = p["eps"]
+    if p["eps"] is not None:
+        params["eps"] = p["eps"]
     if p.get("steps") is not None:
         params["steps"] = p["steps"]
     if p.get("step_size") is not None:

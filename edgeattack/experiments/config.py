@@ -130,7 +130,7 @@ class WhiteboxSpec(_Strict):
 
     name: Name
     method: str
-    eps: list[Number] = Field(min_length=1)
+    eps: list[Number] | None = Field(default=None, min_length=1)
     steps: int | None = Field(default=None, ge=1)
     step_size: Number | None = None
     params: dict[str, Any] = Field(default_factory=dict)
@@ -146,7 +146,9 @@ class WhiteboxSpec(_Strict):
 
     @field_validator("eps")
     @classmethod
-    def _eps(cls, value: list[float]) -> list[float]:
+    def _eps(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return value
         if any(not 0 < e <= 1e3 for e in value):
             raise ValueError("every eps must be > 0")
         if len(set(value)) != len(value):
@@ -160,6 +162,19 @@ class WhiteboxSpec(_Strict):
             if source != "model" and not source.startswith("twin:"):
                 raise ValueError(f"a source is 'model' or 'twin:<int8 engine name>', got {source!r}")
         return value
+
+    @model_validator(mode="after")
+    def _budget(self) -> WhiteboxSpec:
+        if self.variant == "patch" and self.eps is not None:
+            raise ValueError("the patch variant has no eps: it replaces a patch_size x patch_size area (params: patch_size)")
+        if self.variant != "patch" and self.eps is None:
+            raise ValueError("eps is required: a list of budgets, e.g. [4/255, 8/255]")
+        return self
+
+    @property
+    def budgets(self) -> list[float | None]:
+        """The eps values, or [None] for an attack without one (the DeSparsify patch)."""
+        return list(self.eps) if self.eps is not None else [None]
 
     @property
     def variant(self) -> str | None:

@@ -231,7 +231,7 @@ class _PlanBuilder:
         for group in groups:
             for source in attack.sources:
                 engine = source.removeprefix("twin:") if source != "model" else None
-                for eps in attack.eps:
+                for eps in attack.budgets:
                     at = "+".join(group) + (f"~{engine}" if engine else "")
                     params = {
                         "attack": attack.name,
@@ -250,7 +250,8 @@ class _PlanBuilder:
                     }
                     deps = tuple(f"export/{m}/{engine}" for m in group) if engine else ()
                     inputs = {f"twin:{m}": f"export/{m}/{engine}:engine" for m in group} if engine else {}
-                    cells.append(self.add(Cell(f"craft/{attack.name}-{eps_label(eps)}@{at}", "craft", params, deps, inputs)))
+                    label = attack.name if eps is None else f"{attack.name}-{eps_label(eps)}"
+                    cells.append(self.add(Cell(f"craft/{label}@{at}", "craft", params, deps, inputs)))
         return cells
 
     def _desparsify_for(self, model: str, crafts: list[Cell]) -> list[Cell]:

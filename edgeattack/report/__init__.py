@@ -9,6 +9,7 @@ is drawn. `ReportData` is the input; `write_report` writes everything:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,14 @@ class ReportFiles:
     tables: tuple[Path, ...] = ()
 
 
+def _relative_link(path: Path, start: Path) -> str:
+    """`path` relative to `start` with `/` separators (absolute when they share no root)."""
+    try:
+        return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
 def write_report(
     data: ReportData,
     html_path: str | Path,
@@ -67,7 +76,8 @@ def write_report(
     if markdown_path is not None:
         target = Path(markdown_path)
         image_dir = target.parent / f"{target.stem}_figures"
-        text = render_markdown(data, image_dir=image_dir, images=images)
+        link = None if tables_dir is None else _relative_link(Path(tables_dir), target.parent)
+        text = render_markdown(data, image_dir=image_dir, images=images, tables_link=link)
         markdown = atomic_write_bytes(target, text.encode("utf-8"))
         candidates = (image_dir / f"{name}.png" for name, png in images.items() if png is not None)
         written_images = tuple(path for path in candidates if path.exists())

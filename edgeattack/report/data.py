@@ -8,18 +8,32 @@ Every value may be None (not measured) and every table may be empty. Rates are f
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from edgeattack.errors import ConfigError
 
-__all__ = ["SECTIONS", "Block", "ReportData", "Section", "eps_label", "is_missing", "perturbation_label"]
+__all__ = [
+    "SECTIONS",
+    "Block",
+    "ReportData",
+    "Section",
+    "compact_floats",
+    "deployment_of",
+    "eps_label",
+    "is_missing",
+    "model_of",
+    "perturbation_label",
+]
 
 NO_DATA = (
     "No data: the store holds no finished cell of this kind (the experiment does not plan this stage, "
     "or its cells failed, were skipped or have not run yet; see Failures)."
 )
+
+_LONG_FLOAT = re.compile(r"(?<![\w.])-?\d+\.\d{7,}(?:[eE][-+]?\d+)?(?![\w.])")
 
 
 @dataclass
@@ -101,9 +115,35 @@ def eps_label(eps: Any, norm: Any = None) -> str:
     return f"{scaled:.3g}/255"
 
 
+def _compact_float(match: re.Match[str]) -> str:
+    value = float(match.group(0))
+    scaled = value * 255.0
+    if round(scaled) != 0 and abs(scaled - round(scaled)) < 1e-6 * max(1.0, abs(scaled)):
+        return f"{round(scaled)}/255"
+    return f"{value:.4g}"
+
+
+def compact_floats(text: str) -> str:
+    """`text` with each long float (over 6 decimals) as `n/255` when a multiple of 1/255, else 4 digits.
+
+    `square:eps=0.03137254901960784` becomes `square:eps=8/255`, `lr=0.123456789` becomes `lr=0.1235`.
+    """
+    return _LONG_FLOAT.sub(_compact_float, text)
+
+
+def model_of(engine: str) -> str:
+    """The model of an engine label `model/deployment` (the whole label when it has no `/`)."""
+    return engine.split("/", 1)[0]
+
+
+def deployment_of(engine: str) -> str:
+    """The deployment of an engine label `model/deployment` (`torch`, `fp32`, `int8`, ...; '' without `/`)."""
+    return engine.split("/", 1)[1] if "/" in engine else ""
+
+
 def perturbation_label(row: Mapping[str, Any]) -> str:
     """`method ε @source` for a transfer row, e.g. `pgd 8/255 @deit_tiny`, `cw L2 0.5 @deit_small`."""
-    parts = [str(row.get("method") or row.get("artifact") or "?")]
+    parts = [compact_floats(str(row.get("method") or row.get("artifact") or "?"))]
     if not is_missing(row.get("eps")):
         l2 = str(row.get("norm") or "").lower() in ("l2", "2")
         parts.append(("L2 " if l2 else "") + eps_label(row.get("eps"), row.get("norm")))
@@ -126,12 +166,17 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Block:
-    """A figure (a name of `figures.FIGURES`) or a table (a name `tables.table_rows` knows) of a section."""
+    """A figure (a name of `figures.FIGURES`) or a table (a name `tables.table_rows` knows) of a section.
+
+    A table with a `summary` is folded away (HTML `<details>`, the first rows in Markdown) when it
+    has more than `tables.FOLD_ROWS` rows; `{n}` in the summary is the number of rows.
+    """
 
     kind: Literal["figure", "table"]
     name: str
     caption: str
     empty: str = "No data for this part."
+    summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,7 +201,7 @@ SECTIONS: tuple[Section, ...] = (
             Block(
                 "figure",
                 "accuracy_vs_size",
-                "Clean accuracy vs model size and vs GFLOPs per image, one marker per family.",
+                "Clean accuracy vs model size and vs GFLOPs per image: colour = family, marker = deployment.",
                 "No engine has a clean accuracy together with a size or GFLOPs.",
             ),
             Block("table", "engines", "Engines (numbers of the figure above)."),
@@ -186,10 +231,22 @@ SECTIONS: tuple[Section, ...] = (
             Block(
                 "figure",
                 "asr_vs_eps",
-                "ASR vs ε, one line per method and source → engine.",
+                "ASR vs ε, one panel per method and source model. One line per target model: the mean over "
+                "its engines, with their min–max as a band; thick = the source's own model (white-box), "
+                "thin = transfer to another model.",
                 "No figure: no method was replayed at two or more ε values on the same engine.",
             ),
-            Block("table", "transfer", "Every replayed perturbation."),
+            Block(
+                "table",
+                "asr_vs_eps",
+                "Mean ASR (%) per ε over each target model's engines (numbers of the figure, every panel).",
+            ),
+            Block(
+                "table",
+                "transfer",
+                "Every replayed perturbation (one row per perturbation and engine).",
+                summary="All {n} replayed perturbations (one row per perturbation and engine; click to show)",
+            ),
         ),
     ),
     Section(

@@ -10,7 +10,7 @@ from html import escape
 from edgeattack import __version__
 from edgeattack.report.data import SECTIONS, Block, ReportData, Section
 from edgeattack.report.figures import render_figures
-from edgeattack.report.tables import MISSING, is_numeric_text, meta_items, table_rows
+from edgeattack.report.tables import FOLD_ROWS, MISSING, block_note, is_numeric_text, meta_items, table_rows
 
 __all__ = ["png_data_uri", "png_size", "render_html"]
 
@@ -31,6 +31,10 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 td.missing { color: #8c959f; text-align: center; }
 table.meta td, table.meta td.missing, table.meta td.num { text-align: left; white-space: normal; }
 .table-wrap { overflow-x: auto; max-width: 100%; }
+table.wide { font-size: 11px; }
+table.wide th, table.wide td { padding: 2px 4px; }
+details.fold { margin: 6px 0 18px; }
+details.fold > summary { cursor: pointer; font-weight: 600; margin: 14px 0 4px; }
 .table-caption { font-weight: 600; margin: 14px 0 2px; }
 table.meta th { width: 160px; }
 figure { margin: 8px 0 4px; }
@@ -73,10 +77,20 @@ def _cell(text: str) -> str:
     return f"<td{kind}>{escape(text)}</td>"
 
 
+WIDE_TABLE = 12
+"""A table with more columns than this gets a smaller font and padding (class `wide`)."""
+
+
+def _breakable(text: str) -> str:
+    """Escaped `text` that may wrap after `/` and `_` (long engine names as column headers)."""
+    return escape(text).replace("/", "/<wbr>").replace("_", "_<wbr>")
+
+
 def _table(headers: list[str], rows: list[list[str]], *, css_class: str = "") -> str:
-    head = "".join(f'<th scope="col">{escape(h)}</th>' for h in headers)
+    head = "".join(f'<th scope="col">{_breakable(h)}</th>' for h in headers)
     body = "\n".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
-    attr = f' class="{css_class}"' if css_class else ""
+    classes = " ".join(c for c in (css_class, "wide" if len(headers) > WIDE_TABLE else "") if c)
+    attr = f' class="{classes}"' if classes else ""
     return f'<div class="table-wrap"><table{attr}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>'
 
 
@@ -84,22 +98,26 @@ def _nodata(text: str) -> str:
     return f'<p class="nodata">{escape(text)}</p>'
 
 
-def _figure(block: Block, png: bytes | None) -> str:
+def _figure(block: Block, png: bytes | None, note: str = "") -> str:
     if png is None:
         return _nodata(block.empty)
     width, height = png_size(png)
+    caption = f"{block.caption} {note}".strip()
     return (
         f'<figure id="fig-{escape(block.name)}"><img src="{png_data_uri(png)}" alt="{escape(block.caption)}" '
-        f'width="{width}" height="{height}"><figcaption>{escape(block.caption)}</figcaption></figure>'
+        f'width="{width}" height="{height}"><figcaption>{escape(caption)}</figcaption></figure>'
     )
 
 
 def _block(data: ReportData, block: Block, images: Mapping[str, bytes | None]) -> str:
     if block.kind == "figure":
-        return _figure(block, images.get(block.name))
+        return _figure(block, images.get(block.name), block_note(data, block.name))
     headers, rows = table_rows(data, block.name)
     if not rows:
         return _nodata(block.empty)
+    if block.summary and len(rows) > FOLD_ROWS:
+        summary = escape(block.summary.format(n=len(rows)))
+        return f'<details class="fold"><summary>{summary}</summary>\n{_table(headers, rows)}</details>'
     caption = f'<p class="table-caption">{escape(block.caption)}</p>'
     return caption + "\n" + _table(headers, rows)
 

@@ -21,22 +21,42 @@ from pathlib import Path
 from typing import Any
 
 from edgeattack._io import atomic_write_bytes, atomic_write_json
-from edgeattack.report.data import ReportData, eps_label, is_missing, perturbation_label
+from edgeattack.report.data import (
+    ReportData,
+    compact_floats,
+    eps_label,
+    is_missing,
+    model_of,
+    perturbation_label,
+)
 
 __all__ = [
     "COLUMNS",
     "DERIVED_TABLES",
+    "FOLD_ROWS",
+    "MAX_EPS_PANELS",
     "MISSING",
     "Column",
+    "EpsCurve",
+    "EpsPanel",
+    "asr_eps_panels",
+    "block_note",
     "is_numeric_text",
     "latency_groups",
     "meta_items",
+    "model_order",
+    "shown_eps_panels",
+    "source_models",
     "table_rows",
     "transfer_matrix",
     "write_tables",
 ]
 
 MISSING = "–"
+FOLD_ROWS = 40
+"""A table with a `Block.summary` and more rows than this is folded away in the HTML and Markdown."""
+MAX_EPS_PANELS = 8
+"""The ASR vs ε figure draws at most this many (method, source) panels: those with the most ε values."""
 
 _NUMERIC = re.compile(r"^[-+−]?\d[\d.,]*( \d[\d.,]*)*\s?(%|×|/255)?$")
 
@@ -60,6 +80,7 @@ def _guard(fmt: Formatter) -> Formatter:
 
 
 text = _guard(str)
+label = _guard(lambda v: compact_floats(str(v)))
 percent = _guard(lambda v: f"{float(v) * 100:.1f}")
 ms = _guard(lambda v: f"{float(v):.2f}")
 fixed1 = _guard(lambda v: f"{float(v):.1f}")
@@ -138,8 +159,8 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("providers", "Providers", providers),
     ),
     "transfer": (
-        Column("artifact", "Artifact"),
-        Column("method", "Method"),
+        Column("artifact", "Artifact", label),
+        Column("method", "Method", label),
         Column("norm", "Norm"),
         Column("eps", "ε", value=_eps),
         Column("source", "Crafted on"),
@@ -151,8 +172,8 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     ),
     "blackbox": (
         Column("engine", "Engine"),
-        Column("attack", "Attack"),
-        Column("method", "Method"),
+        Column("attack", "Attack", label),
+        Column("method", "Method", label),
         Column("norm", "Norm"),
         Column("eps", "ε", value=_eps),
         Column("budget", "Budget (queries)", integer),
@@ -166,9 +187,9 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "availability": (
         Column("engine", "Engine"),
         Column("mechanism", "Mechanism"),
-        Column("pass", "Pass"),
-        Column("method", "Method"),
-        Column("variant", "Variant"),
+        Column("pass", "Pass", label),
+        Column("method", "Method", label),
+        Column("variant", "Variant", label),
         Column("eps", "ε", value=_eps),
         Column("accuracy", "Accuracy (%)", percent),
         Column("prediction_kept", "Pred. kept (%)", percent),
@@ -184,7 +205,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     ),
     "token_depth": (
         Column("model", "Model"),
-        Column("pass", "Pass"),
+        Column("pass", "Pass", label),
         Column("depth", "Depth (blocks)", integer),
         Column("images", "Images", integer),
         Column("mean_depth", "Mean blocks reached", fixed2, value=_mean_depth),
@@ -201,7 +222,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     ),
 }
 
-DERIVED_TABLES = ("transfer_matrix", "latency_distribution")
+DERIVED_TABLES = ("transfer_matrix", "asr_vs_eps", "latency_distribution")
 
 
 def is_numeric_text(text: str) -> bool:
@@ -212,11 +233,14 @@ def is_numeric_text(text: str) -> bool:
 def table_rows(data: ReportData, name: str) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of formatted cells of table `name` (a table of ReportData, or a derived one).
 
-    Derived tables: `transfer_matrix` (ASR per perturbation × engine, the numbers of the heatmap) and
+    Derived tables: `transfer_matrix` (ASR per perturbation × engine, the numbers of the heatmap),
+    `asr_vs_eps` (mean ASR per ε and target model, the numbers of the ASR vs ε panels) and
     `latency_distribution` (summary of the availability passes' latency samples).
     """
     if name == "transfer_matrix":
         return _transfer_matrix_rows(data)
+    if name == "asr_vs_eps":
+        return _asr_vs_eps_rows(data)
     if name == "latency_distribution":
         return _latency_distribution_rows(data)
     rows = data.table(name)
@@ -264,6 +288,131 @@ def _transfer_matrix_rows(data: ReportData) -> tuple[list[str], list[list[str]]]
     labels, engines, values = transfer_matrix(data)
     headers = ["Perturbation (ASR %)", *engines]
     return headers, [[label, *(percent(v) for v in line)] for label, line in zip(labels, values, strict=True)]
+
+
+@dataclass(frozen=True)
+class EpsCurve:
+    """One target model in an ASR vs ε panel: per ε, (mean, min, max) ASR over the model's engines."""
+
+    model: str
+    white_box: bool
+    engines: int
+    points: dict[float, tuple[float, float, float]]
+
+
+@dataclass(frozen=True)
+class EpsPanel:
+    """The replays of one (norm, method, source): one curve per target model, white-box first."""
+
+    norm: str
+    method: str
+    source: str
+    eps: tuple[float, ...]
+    curves: tuple[EpsCurve, ...]
+
+    @property
+    def title(self) -> str:
+        return f"{self.method}{' L2' if self.norm == 'l2' else ''} @{self.source}"
+
+
+def _is_l2(norm: Any) -> bool:
+    return str(norm or "").lower() in ("l2", "2")
+
+
+def _number(value: Any) -> float | None:
+    if is_missing(value) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def source_models(source: str) -> set[str]:
+    """The models a perturbation was crafted on: `a+b~twin` (an ensemble, as a twin) → {a, b}."""
+    return {part for part in source.split("~", 1)[0].split("+") if part}
+
+
+def model_order(data: ReportData) -> list[str]:
+    """Every target model: in the engines table's order, then in the transfer table's."""
+    engines = [str(row.get("engine")) for row in (*data.engines, *data.transfer) if not is_missing(row.get("engine"))]
+    return list(dict.fromkeys(model_of(engine) for engine in engines))
+
+
+def asr_eps_panels(data: ReportData) -> list[EpsPanel]:
+    """Every (norm, method, source) replayed at two or more ε values, in first-seen order.
+
+    Each target model's curve averages the ASR of its engines at each ε (min and max kept for the
+    band); the source's own models (white-box) come first.
+    """
+    cells: dict[tuple[str, str, str], dict[str, dict[float, dict[str, float]]]] = {}
+    for row in data.transfer:
+        eps, asr = _number(row.get("eps")), _number(row.get("asr"))
+        if eps is None or asr is None or is_missing(row.get("engine")):
+            continue
+        key = ("l2" if _is_l2(row.get("norm")) else "linf", str(row.get("method")), str(row.get("source")))
+        engine = str(row["engine"])
+        cells.setdefault(key, {}).setdefault(model_of(engine), {}).setdefault(eps, {})[engine] = asr
+    order = {model: index for index, model in enumerate(model_order(data))}
+    panels = []
+    for (norm, method, source), models in cells.items():
+        eps_values = tuple(sorted({eps for per_eps in models.values() for eps in per_eps}))
+        if len(eps_values) < 2:
+            continue
+        own = source_models(source)
+        curves = [
+            EpsCurve(
+                model=model,
+                white_box=model in own,
+                engines=len({engine for by_engine in per_eps.values() for engine in by_engine}),
+                points={
+                    eps: (statistics.fmean(v.values()), min(v.values()), max(v.values()))
+                    for eps, v in sorted(per_eps.items())
+                },
+            )
+            for model, per_eps in models.items()
+        ]
+        curves.sort(key=lambda curve: (not curve.white_box, order.get(curve.model, len(order))))
+        panels.append(EpsPanel(norm, method, source, eps_values, tuple(curves)))
+    return panels
+
+
+def shown_eps_panels(panels: Sequence[EpsPanel]) -> list[EpsPanel]:
+    """The MAX_EPS_PANELS panels with the most ε values (first-seen order among ties and in the result)."""
+    ranked = sorted(range(len(panels)), key=lambda i: -len(panels[i].eps))[:MAX_EPS_PANELS]
+    return [panels[i] for i in sorted(ranked)]
+
+
+def _asr_vs_eps_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
+    panels = asr_eps_panels(data)
+    columns = sorted({(panel.norm, eps) for panel in panels for eps in panel.eps})
+    headers = ["Method", "Crafted on", "Target model", "Kind", "Engines"]
+    headers += ["ε = " + ("L2 " if norm == "l2" else "") + eps_label(eps, norm) for norm, eps in columns]
+    rows = []
+    for panel in panels:
+        for curve in panel.curves:
+            cells = [
+                percent(curve.points[eps][0]) if norm == panel.norm and eps in curve.points else MISSING
+                for norm, eps in columns
+            ]
+            kind = "white-box" if curve.white_box else "transfer"
+            rows.append([compact_floats(panel.method), panel.source, curve.model, kind, str(curve.engines), *cells])
+    return headers, rows
+
+
+def block_note(data: ReportData, name: str) -> str:
+    """A sentence to add to the caption of block `name` for this data ('' when none)."""
+    if name != "asr_vs_eps":
+        return ""
+    panels = asr_eps_panels(data)
+    left_out = len(panels) - len(shown_eps_panels(panels))
+    if left_out <= 0:
+        return ""
+    return (
+        f"{left_out} of {len(panels)} method/source panels are left out (those with the fewest ε values); "
+        "the table below has them all."
+    )
 
 
 def latency_groups(data: ReportData) -> dict[str, list[tuple[str, list[float]]]]:
