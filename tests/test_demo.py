@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from edgeattack.cli.app import app
-from edgeattack.experiments.config import load_config
+from edgeattack.experiments.loading import load_config
 from edgeattack.experiments.plan import build_plan
 from edgeattack.experiments.store import ExperimentStore
 

@@ -8,13 +8,8 @@ import pytest
 import yaml
 
 from edgeattack.errors import ConfigError
-from edgeattack.experiments.config import (
-    WHITEBOX_METHODS,
-    load_config,
-    resolve_config_path,
-    shipped_configs,
-    validate_config,
-)
+from edgeattack.experiments.config import WHITEBOX_METHODS
+from edgeattack.experiments.loading import load_config, resolve_config_path, shipped_configs, validate_config
 from edgeattack.experiments.plan import build_plan, eps_label
 
 MINIMAL = {

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from edgeattack.cli.app import app
 from edgeattack.errors import ConfigError
-from edgeattack.experiments.config import validate_config
+from edgeattack.experiments.loading import validate_config
 from edgeattack.experiments.plan import build_plan
 from edgeattack.experiments.runner import run_experiment
 from edgeattack.experiments.store import ExperimentStore
@@ -228,3 +228,56 @@ def test_pool_executors_give_the_same_results(executor: str, tmp_path: Path, fin
             ]
         hosts = {r.host.split(":")[1] for r in here.records() if r.host}
         assert str(os.getpid()) not in hosts  # the cells ran in worker processes
+
+
+class _RecordingExecutor:
+    """Capacity 3; finishes everything in flight on each wait, recording what ran side by side."""
+
+    name, capacity = "fake", 3
+
+    def __init__(self) -> None:
+        self.in_flight: list[Any] = []
+        self.together: list[set[str]] = []
+
+    def __enter__(self) -> _RecordingExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @property
+    def pending(self) -> int:
+        return len(self.in_flight)
+
+    def submit(self, task: Any) -> None:
+        self.in_flight.append(task)
+
+    def wait(self, timeout: float | None = None) -> list[Any]:
+        from edgeattack.experiments.task import CellOutcome
+
+        self.together.append({t.id for t in self.in_flight})
+        done = []
+        for task in self.in_flight:
+            path = Path(task.workdir) / "out.bin"
+            path.write_bytes(task.id.encode())
+            outputs = {name: str(path) for name in ("engine", "artifact", "result")}
+            done.append((task, CellOutcome(result={"id": task.id}, outputs=outputs, wall_s=0.0, host="fake:1")))
+        self.in_flight = []
+        return done
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_cells_that_time_latency_run_alone(exclusive: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeattack.experiments import executors
+
+    fake = _RecordingExecutor()
+    monkeypatch.setattr(executors, "make_executor", lambda *a, **k: fake)
+    config = tiny(metrics=dict(TINY["metrics"], exclusive_timing=exclusive))
+    plan = build_plan(config)
+    summary = run_experiment(config, tmp_path, executor="process", workers=3)
+    assert summary.ok and len(summary.ran) == len(plan)
+    timing = {c for c, cell in plan.cells.items() if cell.timing}
+    assert timing == {c for c in plan.cells if c.startswith(("replay/", "availability/"))}
+    shared = [group for group in fake.together if group & timing and len(group) > 1]
+    assert (not shared) if exclusive else shared
+    assert max(len(g) for g in fake.together) > 1  # the other cells still run side by side

@@ -54,11 +54,13 @@ TORCH_FREE_MODULES = (
     "edgeattack.cli.bundle",
     "edgeattack.export",
     "edgeattack.experiments.config",
+    "edgeattack.experiments.loading",
     "edgeattack.experiments.plan",
     "edgeattack.experiments.store",
     "edgeattack.experiments.runner",
     "edgeattack.experiments.cells",
     "edgeattack.experiments.executors",
+    "edgeattack.experiments.process_executor",
     "edgeattack.experiments.ray_executor",
     "edgeattack.experiments.report_data",
     "edgeattack.report",
@@ -210,7 +212,7 @@ def test_blackbox_attacks_and_transfer_run_without_torch(blocker_dir, tmp_path):
 
 def test_experiment_cells_on_an_onnx_engine_run_without_torch(blocker_dir, tmp_path, onnx_engines):
     """Replay and black-box cells of an ONNX engine (what a board joined as a Ray node runs) need no torch."""
-    from edgeattack.experiments.config import validate_config
+    from edgeattack.experiments.loading import validate_config
     from edgeattack.experiments.plan import build_plan
 
     config = validate_config(

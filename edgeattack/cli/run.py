@@ -61,7 +61,7 @@ def execute_run(
     report: bool = True,
 ) -> None:
     """What `edgeattack run` does (and `edgeattack demo` on the quickstart config); typer.Exit(1) on failed cells."""
-    from edgeattack.experiments.config import load_config
+    from edgeattack.experiments.loading import load_config
     from edgeattack.experiments.plan import build_plan
 
     cfg = load_config(config, overrides=parse_overrides(overrides or []))

@@ -44,6 +44,8 @@ class Cell:
     deps: tuple[str, ...] = ()
     inputs: dict[str, str] = field(default_factory=dict)
     resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+    timing: bool = False
+    """The cell measures latency: with `metrics.exclusive_timing` it runs with no other cell beside it."""
 
     def input_refs(self) -> dict[str, tuple[str, str]]:
         return {name: tuple(ref.rsplit(":", 1)) for name, ref in self.inputs.items()}  # type: ignore[misc]
@@ -290,6 +292,7 @@ class _PlanBuilder:
                 deps=(export, *(c.id for c in replays)),
                 inputs={**engine_input, **{f"artifact:{c.id}": f"{c.id}:artifact" for c in replays}},
                 resources=resources,
+                timing=True,
             )
         )
         for attack in self.config.blackbox:
@@ -312,6 +315,7 @@ class _PlanBuilder:
                     deps=(export, *(c.id for c in desparsify)),
                     inputs={**engine_input, **{f"artifact:{c.id}": f"{c.id}:artifact" for c in desparsify}},
                     resources=resources,
+                    timing=True,
                 )
             )
 

@@ -127,6 +127,8 @@ class _Scheduler:
         self.broken: dict[str, str] = {}
         self.waiting: list[str] = []
         self.scratch: dict[str, tuple[Path, float]] = {}
+        self.timing_in_flight: set[str] = set()
+        self.exclusive_threads = threads
         for cell_id in selected:
             if cell_id not in forced and store.is_finished(cell_id, plan.hashes[cell_id]):
                 self.done.add(cell_id)
@@ -142,9 +144,12 @@ class _Scheduler:
         from edgeattack.experiments.executors import make_executor
 
         with make_executor(kind, run_cell, workers=workers, ray_address=ray_address) as executor:
+            exclusive = self.plan.config.metrics.exclusive_timing and executor.capacity > 1
+            here = kind != "ray" or not ray_address  # a remote node's cores are not known here
+            self.exclusive_threads = (os.cpu_count() or 1) if exclusive and here else self.threads
             while self.waiting or executor.pending:
                 self._skip_broken()
-                for cell_id in self._ready(executor.capacity - executor.pending):
+                for cell_id in self._ready(executor.capacity - executor.pending, exclusive, executor.pending):
                     executor.submit(self._task(self.plan.cells[cell_id]))
                     self.progress("start", cell_id)
                 if executor.pending == 0:
@@ -152,6 +157,7 @@ class _Scheduler:
                         raise RuntimeError(f"cells cannot start: {self.waiting[:3]}")
                     break
                 for task, outcome in executor.wait():
+                    self.timing_in_flight.discard(task.id)
                     self._record(task, outcome)
 
     def _skip_broken(self) -> None:
@@ -167,13 +173,25 @@ class _Scheduler:
             self.store.mark_skipped(cell_id, cell.kind, self.plan.hashes[cell_id], cell.params, reason)
             self.progress("skipped", cell_id)
 
-    def _ready(self, room: int) -> list[str]:
-        ready = []
+    def _ready(self, room: int, exclusive: bool, pending: int) -> list[str]:
+        """Cells to start now: their dependencies are done, and (with `exclusive`) a cell that times
+        latency starts only on an idle executor and keeps every other cell from starting beside it."""
+        ready: list[str] = []
+        if exclusive and self.timing_in_flight:
+            return ready
         for cell_id in self.waiting:
             if len(ready) >= room:
                 break
-            if all(d in self.done for d in self.plan.cells[cell_id].deps):
+            cell = self.plan.cells[cell_id]
+            if not all(d in self.done for d in cell.deps):
+                continue
+            if exclusive and cell.timing:
+                if ready or pending:
+                    continue
                 ready.append(cell_id)
+                self.timing_in_flight.add(cell_id)
+                break
+            ready.append(cell_id)
         for cell_id in ready:
             self.waiting.remove(cell_id)
         return ready
@@ -196,7 +214,7 @@ class _Scheduler:
             inputs=inputs,
             workdir=str(scratch.resolve()),
             resources=dict(cell.resources),
-            threads=self.threads,
+            threads=self.exclusive_threads if cell.timing else self.threads,
         )
 
     def _record(self, task: CellTask, outcome: CellOutcome | CellFailure) -> None:
