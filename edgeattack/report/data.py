@@ -99,6 +99,17 @@ def is_missing(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
+def finite_number(value: Any) -> float | None:
+    """`value` as a finite float, or None (missing, a bool, not a number, NaN or infinite)."""
+    if is_missing(value) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def eps_label(eps: Any, norm: Any = None) -> str:
     """ε as shown: `8/255` for an L∞ (or unspecified) budget, the plain number for L2; '–' if missing."""
     if is_missing(eps):

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edgeattack.report.data import ReportData, compact_floats, deployment_of, eps_label, is_missing
+from edgeattack.report.data import ReportData, compact_floats, deployment_of, eps_label, finite_number, is_missing
 from edgeattack.report.figures_transfer import WIDE_COLUMNS, asr_vs_eps, transfer_heatmap
 from edgeattack.report.pivots import latency_groups
 from edgeattack.report.plotting import (
@@ -20,7 +20,6 @@ from edgeattack.report.plotting import (
     DEPTH_CMAP,
     DPI,
     _figure,
-    _float,
     _jitter,
     _label_points,
     _percent_axis,
@@ -57,14 +56,14 @@ def accuracy_vs_size(data: ReportData) -> bytes | None:
     """
     points = []
     for row in data.engines:
-        acc = _float(row.get("clean_acc"))
+        acc = finite_number(row.get("clean_acc"))
         if acc is None:
             continue
         engine = str(row.get("engine"))
         deployment = deployment_of(engine) or str(row.get("precision") or "–")
         points.append((engine, str(row.get("family") or "unknown"), deployment, acc, row))
     panels = [("size_mb", "model size (MB)"), ("gflops", "compute (GFLOPs per image)")]
-    if not any(_float(row.get(key)) is not None for *_, row in points for key, _ in panels):
+    if not any(finite_number(row.get(key)) is not None for *_, row in points for key, _ in panels):
         return None
     families = list(dict.fromkeys(point[1] for point in points))
     deployments = list(dict.fromkeys(point[2] for point in points))
@@ -77,7 +76,7 @@ def accuracy_vs_size(data: ReportData) -> bytes | None:
         figure = _figure(11.0 if labelled else 12.0, 4.6)
         axes = figure.subplots(1, 2)
         for ax, (key, xlabel) in zip(axes, panels, strict=True):
-            placed = [(p, x) for p in points if (x := _float(p[4].get(key))) is not None]
+            placed = [(p, x) for p in points if (x := finite_number(p[4].get(key))) is not None]
             xs = _jitter([x for _, x in placed], [p[3] for p, _ in placed])
             labels: dict[tuple[float, float], list[str]] = {}
             for ((engine, family, deployment, acc, _), x), shown_x in zip(placed, xs, strict=True):
@@ -156,7 +155,7 @@ def _depth_scale(passes: list[tuple[str, Any, Mapping[str, Any]]]) -> float:
     """The top of the shared colour scale: the deepest model's block count, else the largest grid value."""
     import numpy as np
 
-    depths = [d for _, _, row in passes if (d := _float(row.get("depth"))) is not None]
+    depths = [d for _, _, row in passes if (d := finite_number(row.get("depth"))) is not None]
     if depths:
         return max(depths)
     values = [float(v) for _, grid, _ in passes for v in grid.ravel() if np.isfinite(v)]
@@ -219,9 +218,9 @@ def _curve_points(curve: Any) -> list[tuple[float, float]]:
     points = []
     for point in curve or []:
         if isinstance(point, Mapping):
-            q, r = _float(point.get("queries")), _float(point.get("success_rate", point.get("rate")))
+            q, r = finite_number(point.get("queries")), finite_number(point.get("success_rate", point.get("rate")))
         elif isinstance(point, (list, tuple)) and len(point) >= 2:
-            q, r = _float(point[0]), _float(point[1])
+            q, r = finite_number(point[0]), finite_number(point[1])
         else:
             continue
         if q is not None and r is not None:

@@ -17,6 +17,7 @@ from edgeattack.report.data import (
     ReportData,
     compact_floats,
     eps_label,
+    finite_number,
     is_missing,
     model_of,
     perturbation_label,
@@ -108,14 +109,6 @@ def _is_l2(norm: Any) -> bool:
     return str(norm or "").lower() in ("l2", "2")
 
 
-def _number(value: Any) -> float | None:
-    if is_missing(value) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def source_models(source: str) -> set[str]:
@@ -137,7 +130,7 @@ def asr_eps_panels(data: ReportData) -> list[EpsPanel]:
     """
     cells: dict[tuple[str, str, str], dict[str, dict[float, dict[str, float]]]] = {}
     for row in data.transfer:
-        eps, asr = _number(row.get("eps")), _number(row.get("asr"))
+        eps, asr = finite_number(row.get("eps")), finite_number(row.get("asr"))
         if eps is None or asr is None or is_missing(row.get("engine")):
             continue
         key = ("l2" if _is_l2(row.get("norm")) else "linf", str(row.get("method")), str(row.get("source")))

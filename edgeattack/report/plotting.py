@@ -7,14 +7,12 @@ matplotlib is imported inside the functions (the `report` extra), and figures ar
 from __future__ import annotations
 
 import io
-import math
 import statistics
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
 from edgeattack.errors import MissingDependencyError
-from edgeattack.report.data import is_missing
 
 __all__ = ["ASR_CMAP", "DEPTH_CMAP", "DPI"]
 
@@ -61,14 +59,6 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _float(value: Any) -> float | None:
-    if is_missing(value) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _short(text: str, limit: int = 28) -> str:
