@@ -192,3 +192,18 @@ def test_calibration_subset_is_seeded_and_in_order():
     assert np.all(np.diff(first.indices) > 0)
     assert len(np.unique(first.labels)) == 10
     assert calibration_subset(train, 10_000, seed=0) is train
+
+
+def test_quantization_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """ORT's shape inference gives up on a token-sparse graph and then writes sym_shape_infer_temp.onnx
+    and a .data file into the current directory: quantization must keep them out of the caller's."""
+    from edgeattack.zoo.factory import create_model
+
+    fp32 = tmp_path / "ats.onnx"
+    export_onnx(create_model("ats_tiny_digits"), fp32)
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    quantize_dynamic_int8(fp32, tmp_path / "dyn.onnx")
+    assert list(here.iterdir()) == []
+    assert (tmp_path / "dyn.onnx").is_file()

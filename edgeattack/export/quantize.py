@@ -20,7 +20,9 @@ ONNX shape inference), which its quantizer needs to know the type and shape of e
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -262,11 +264,25 @@ def _source_metadata(fp32_onnx: str | Path) -> EngineMetadata:
     return metadata
 
 
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """Run in `path`: ORT's symbolic shape inference drops `sym_shape_infer_temp.onnx` and an external
+    data file into the current directory when it gives up, and would litter the caller's."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def _pre_process(source: str | Path, target: Path) -> tuple[Path, bool]:
     """ONNX Runtime's quantization pre-processing; the source itself if it fails (logged)."""
     shape_inference = require("onnxruntime.quantization.shape_inference", feature="int8 quantization")
+    source, target = Path(source).resolve(), Path(target).resolve()
     try:
-        shape_inference.quant_pre_process(str(source), str(target))
+        with _working_directory(target.parent):
+            shape_inference.quant_pre_process(str(source), str(target))
     except Exception as exc:
         logger.warning("quantization pre-processing failed (%s); quantizing %s as it is", exc, source)
         return Path(source), False
