@@ -22,6 +22,9 @@ The plan is written atomically, then the `<plan>.json` sidecar: the ONNX's embed
 (precision replaced by the plan's) plus a `tensorrt` record — TensorRT version, GPU name and
 compute capability, build flags, the batch profile, the sparse report and the plan's sha256 —
 which `TensorRTEngine` checks before it deserialises a plan.
+
+The ONNX inspection and pre-build checks live in `edgeattack.export.tensorrt_source`, the
+builder proper (network, flags, profile, timing cache) in `edgeattack.export.tensorrt_network`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -44,7 +46,17 @@ from edgeattack.engines.tensorrt_engine import (
     open_cuda_runtime,
 )
 from edgeattack.errors import ConfigError, EngineError, MissingDependencyError
-from edgeattack.export.metadata import METADATA_KEY, EngineMetadata, sidecar_path
+from edgeattack.export.metadata import EngineMetadata, sidecar_path
+from edgeattack.export.tensorrt_network import _build
+from edgeattack.export.tensorrt_source import (
+    PRECISIONS,
+    _check_options,
+    _check_source,
+    _count_2to4_weights,
+    _onnx_metadata,
+    inspect_onnx_quantization,
+    parse_sparse_report,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,181 +73,9 @@ __all__ = [
     "tensorrt_capabilities",
 ]
 
-PRECISIONS = ("fp32", "fp16", "int8")
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 DEFAULT_MAX_BATCH = 64
 DEFAULT_WORKSPACE_MB = 1024
-INT8_HINT = "export the ONNX with `edgeattack export MODEL --precision int8 --preset full` first"
-
-_ELIGIBLE = re.compile(r"\(Sparsity\)\s*Layers eligible for sparse math:\s*(.*)", re.IGNORECASE)
-_PICKED = re.compile(r"\(Sparsity\)\s*TRT inference plan picked sparse implementation for layers:\s*(.*)", re.I)
-
-
-# ------------------------------------------------------------------------------------------------
-# pure-Python checks (no TensorRT needed)
-
-
-def parse_sparse_report(messages: list[str]) -> dict[str, Any]:
-    """The builder log's structured-sparsity lines: eligible layers, layers given sparse kernels, raw lines."""
-    eligible: list[str] = []
-    picked: list[str] = []
-    lines: list[str] = []
-    for message in messages:
-        for line in str(message).splitlines():
-            if "sparsity" not in line.lower():
-                continue
-            lines.append(line.strip())
-            for pattern, target in ((_ELIGIBLE, eligible), (_PICKED, picked)):
-                match = pattern.search(line)
-                if match:
-                    target.extend(name.strip() for name in match.group(1).split(",") if name.strip())
-    return {"eligible": eligible, "picked": picked, "lines": lines}
-
-
-def inspect_onnx_quantization(path: str | Path) -> dict[str, Any]:
-    """What kind of quantization an ONNX graph holds: Q/DQ node counts, uint8 zero points, dynamic int8 ops.
-
-    Reads the graph with `onnx` when it is installed; otherwise counts the op types in the protobuf
-    bytes (a NodeProto's `op_type` is field 4: tag 0x22, the length, then the name verbatim), which
-    answers the same questions except `uint8`.
-    """
-    path = Path(path)
-    try:
-        import onnx  # the torch extra: a board may not have it
-        from onnx import TensorProto
-    except ImportError:
-        data = path.read_bytes()
-        return {
-            "quantize_linear": data.count(_op_type_bytes("QuantizeLinear")),
-            "dequantize_linear": data.count(_op_type_bytes("DequantizeLinear")),
-            "dynamic": any(
-                data.count(_op_type_bytes(op)) for op in ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
-            ),
-            "uint8": None,
-            "reader": "bytes",
-        }
-    model = onnx.load(str(path), load_external_data=False)
-    counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
-    dynamic = False
-    zero_points: set[str] = set()
-    for node in _all_nodes(model.graph):
-        if node.op_type in counts:
-            counts[node.op_type] += 1
-            if node.op_type == "QuantizeLinear" and len(node.input) > 2:
-                zero_points.add(node.input[2])
-        elif node.op_type in ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul"):
-            dynamic = True
-    uint8 = any(init.name in zero_points and init.data_type == TensorProto.UINT8 for init in model.graph.initializer)
-    return {
-        "quantize_linear": counts["QuantizeLinear"],
-        "dequantize_linear": counts["DequantizeLinear"],
-        "dynamic": dynamic,
-        "uint8": uint8,
-        "reader": "onnx",
-    }
-
-
-def _op_type_bytes(op_type: str) -> bytes:
-    name = op_type.encode()
-    return b"\x22" + bytes([len(name)]) + name
-
-
-def _all_nodes(graph: Any) -> Any:
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.g is not None and len(attribute.g.node):
-                yield from _all_nodes(attribute.g)
-            for sub in attribute.graphs:
-                yield from _all_nodes(sub)
-
-
-def _onnx_metadata(path: Path) -> EngineMetadata:
-    """The edgeattack metadata embedded in an ONNX file (onnx if installed, else onnxruntime)."""
-    try:
-        from edgeattack.export.metadata import read_onnx_metadata
-
-        metadata = read_onnx_metadata(path)
-    except ImportError:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "reading the ONNX file's metadata needs onnx or onnxruntime; pip install 'edgeattack[cpu]'"
-            ) from exc
-        try:
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise EngineError(f"cannot read ONNX file {path}: {str(exc).splitlines()[0][:300]}") from exc
-        text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        metadata = EngineMetadata.from_json(text) if text else None
-    except EngineError:
-        raise
-    except Exception as exc:
-        raise EngineError(f"cannot read ONNX file {path}: {str(exc).splitlines()[0][:300]}") from exc
-    if metadata is None:
-        raise EngineError(f"{path} carries no edgeattack metadata: export it with `edgeattack export` first")
-    return metadata
-
-
-def _check_options(
-    precision: str, sparse: bool, min_batch: int, opt_batch: int, max_batch: int, workspace_mb: int
-) -> None:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown TensorRT precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise ConfigError(
-            f"the batch profile must satisfy 1 <= min ({min_batch}) <= opt ({opt_batch}) <= max ({max_batch})"
-        )
-    if workspace_mb < 1:
-        raise ConfigError(f"the workspace must be at least 1 MB, got {workspace_mb}")
-    if sparse and precision == "fp32":
-        raise ConfigError("2:4 sparse kernels run in fp16 or int8: use --sparse with --precision fp16 or int8")
-
-
-def _check_source(source: EngineMetadata, quant: dict[str, Any], precision: str, onnx_path: Path) -> None:
-    """The ONNX must be able to become a plan of `precision` (TensorRT explicit quantization rules)."""
-    is_qdq = quant["quantize_linear"] > 0
-    if quant["dynamic"] or source.quantization.get("method") == "dynamic_int8":
-        raise ConfigError(
-            f"{onnx_path} holds ONNX Runtime dynamic int8 (DynamicQuantizeLinear/MatMulInteger), which TensorRT "
-            f"cannot build; {INT8_HINT}"
-        )
-    if precision == "int8":
-        if not is_qdq:
-            raise ConfigError(
-                f"{onnx_path} has no QuantizeLinear nodes: TensorRT builds int8 only from explicit Q/DQ ONNX "
-                f"(implicit calibration is gone in TensorRT 11); {INT8_HINT}"
-            )
-        if quant["uint8"] or source.quantization.get("activation_type") == "uint8":
-            raise ConfigError(
-                f"{onnx_path} quantizes activations to uint8 (the 'cpu' preset); TensorRT needs symmetric int8 "
-                f"Q/DQ; {INT8_HINT}"
-            )
-    elif is_qdq:
-        raise ConfigError(f"{onnx_path} is an int8 Q/DQ graph: build it with precision int8, not {precision}")
-    if source.precision == "fp16" and precision != "fp16":
-        raise ConfigError(f"{onnx_path} computes in fp16: build it with precision fp16, not {precision}")
-
-
-def _count_2to4_weights(onnx_path: Path) -> int | None:
-    """How many 2-D initializers are 2:4 sparse (None when onnx is not installed)."""
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:
-        return None
-    from edgeattack.compress.sparse24 import is_2to4_sparse
-
-    model = onnx.load(str(onnx_path))
-    count = 0
-    for init in model.graph.initializer:
-        if len(init.dims) == 2:
-            weight = numpy_helper.to_array(init)
-            # ONNX MatMul weights are [in, out] (reduction axis 0); Gemm with transB is [out, in]
-            if is_2to4_sparse(weight, axis=0) or is_2to4_sparse(weight, axis=-1):
-                count += 1
-    return count
 
 
 # ------------------------------------------------------------------------------------------------
@@ -421,120 +261,6 @@ def build_tensorrt_engine(
         caps["version"],
     )
     return metadata
-
-
-def _build(
-    trt: Any,
-    build_log: Any,
-    onnx_path: Path,
-    source: EngineMetadata,
-    caps: dict[str, Any],
-    precision: str,
-    sparse: bool,
-    batches: tuple[int, int, int],
-    workspace_mb: int,
-    timing_cache: Path | None,
-) -> tuple[Any, list[str], dict[str, Any] | None]:
-    """Parse, configure and build; returns (serialized plan, builder flags set, timing-cache note)."""
-    try:
-        builder = trt.Builder(build_log)
-    except Exception as exc:
-        raise MissingDependencyError(
-            f"TensorRT cannot create a builder ({exc}): is an NVIDIA GPU with its driver present?"
-        ) from exc
-    if builder is None:
-        raise MissingDependencyError(
-            "TensorRT cannot create a builder (no usable GPU/CUDA driver?): " + "; ".join(build_log.errors()[-3:])
-        )
-    network_flags = 0
-    creation = getattr(trt, "NetworkDefinitionCreationFlag", None)
-    if caps["major"] < 10 and creation is not None and hasattr(creation, "EXPLICIT_BATCH"):
-        network_flags |= 1 << int(creation.EXPLICIT_BATCH)  # the default from TensorRT 10 on
-    network = builder.create_network(network_flags)
-    parser = trt.OnnxParser(network, build_log)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or build_log.errors()
-        raise EngineError(f"TensorRT cannot parse {onnx_path}: {'; '.join(e.strip() for e in errors[:3])}")
-
-    config = builder.create_builder_config()
-    flags: list[str] = []
-
-    def set_flag(name: str) -> None:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-        flags.append(name)
-
-    if caps["weakly_typed"]:
-        if precision == "fp16":
-            set_flag("FP16")
-        elif precision == "int8":
-            set_flag("INT8")  # Q/DQ scales come from the ONNX: no calibrator
-    if sparse:
-        set_flag("SPARSE_WEIGHTS")
-    pool = getattr(trt, "MemoryPoolType", None)
-    if pool is not None and hasattr(config, "set_memory_pool_limit"):
-        config.set_memory_pool_limit(pool.WORKSPACE, int(workspace_mb) << 20)
-    else:  # pragma: no cover - TensorRT < 8.4
-        config.max_workspace_size = int(workspace_mb) << 20
-
-    _add_profile(trt, builder, network, config, source, batches)
-    cache_note = _attach_timing_cache(config, timing_cache)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        detail = "; ".join(m.strip().splitlines()[0][:300] for m in build_log.errors()[-3:])
-        raise EngineError(f"TensorRT failed to build a plan from {onnx_path}" + (f": {detail}" if detail else ""))
-    if timing_cache is not None and cache_note is not None:
-        _save_timing_cache(config, timing_cache, cache_note)
-    return serialized, flags, cache_note
-
-
-def _add_profile(
-    trt: Any, builder: Any, network: Any, config: Any, source: EngineMetadata, batches: tuple[int, int, int]
-) -> None:
-    """One optimisation profile over the batch dimension of every network input."""
-    profile = builder.create_optimization_profile()
-    dynamic = False
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        shape = tuple(int(d) for d in tensor.shape)
-        if any(d < 0 for d in shape[1:]):
-            raise EngineError(
-                f"input {tensor.name} has dynamic dimensions besides the batch ({shape}); edgeattack plans take fixed "
-                "image sizes"
-            )
-        if shape and shape[0] < 0:
-            dynamic = True
-            low, opt, high = ((b, *shape[1:]) for b in batches)
-            profile.set_shape(tensor.name, low, opt, high)
-        elif shape and not batches[0] <= shape[0] <= batches[2]:
-            raise ConfigError(
-                f"input {tensor.name} has a fixed batch of {shape[0]}, outside the requested {batches[0]}..{batches[2]}"
-            )
-    if dynamic:
-        config.add_optimization_profile(profile)
-
-
-def _attach_timing_cache(config: Any, path: Path | None) -> dict[str, Any] | None:
-    if path is None or not hasattr(config, "create_timing_cache"):
-        return None
-    data = b""
-    if path.is_file():
-        data = path.read_bytes()
-    cache = config.create_timing_cache(data)
-    accepted = config.set_timing_cache(cache, False)
-    note = {"path": str(path), "loaded_bytes": len(data), "accepted": accepted is not False}
-    if accepted is False and data:
-        logger.warning("timing cache %s does not fit this device/TensorRT; starting a fresh one", path)
-        config.set_timing_cache(config.create_timing_cache(b""), False)
-    return note
-
-
-def _save_timing_cache(config: Any, path: Path, note: dict[str, Any]) -> None:
-    cache = config.get_timing_cache()
-    if cache is None:
-        return
-    data = bytes(memoryview(cache.serialize()))
-    atomic_write_bytes(path, data)
-    note["saved_bytes"] = len(data)
 
 
 # ------------------------------------------------------------------------------------------------
