@@ -199,7 +199,24 @@ def _open(task: CellTask) -> Any:
 
 def _artifacts(task: CellTask) -> list[tuple[str, str]]:
     """(craft cell id, artifact path), in the plan's order."""
-    return [(cell_id, task.inputs[f"artifact:{cell_id}"]) for cell_id in task.params["artifacts"]]
+    return [(cell_id, task.inputs[f"artifact:{cell_id}"]) for cell_id in task.params.get("artifacts", [])]
+
+
+EngineRun = Callable[[Any, Any, list[str]], Any]
+"""`run(engine, dataset, artifact_paths)` -> a result with `to_dict()`."""
+
+
+def _on_engine(task: CellTask, run: EngineRun, *, limit: int | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """What every engine cell does: open the engine, load the eval split, run, save `result.json`."""
+    p = task.params
+    artifacts = _artifacts(task)
+    dataset = _dataset(p, p["model"]["name"], p["data"]["eval_split"], limit)
+    with _open(task) as engine:
+        result = run(engine, dataset, [path for _, path in artifacts])
+    doc = result.to_dict()
+    if "artifacts" in p:
+        doc["artifact_cells"] = [cell_id for cell_id, _ in artifacts]
+    return doc, {"result": _write_json(Path(task.workdir) / "result.json", doc)}
 
 
 def _replay(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
@@ -207,33 +224,30 @@ def _replay(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
 
     p = task.params
     metrics = p["metrics"]
-    artifacts = _artifacts(task)
-    dataset = _dataset(p, p["model"]["name"], p["data"]["eval_split"], p["data"].get("limit"))
-    with _open(task) as engine:
-        result = evaluate(
+    return _on_engine(
+        task,
+        lambda engine, dataset, artifacts: evaluate(
             engine,
             dataset,
-            [path for _, path in artifacts],
+            artifacts,
             batch_size=metrics["batch_size"],
             quantize_inputs=metrics["quantize_inputs"],
             latency_runs=metrics["latency_runs"],
             latency_seconds=metrics["latency_seconds"],
             measure_memory=metrics["memory"],
             seed=p["seed"],
-        )
-    doc = result.to_dict()
-    doc["artifact_cells"] = [cell_id for cell_id, _ in artifacts]
-    path = _write_json(Path(task.workdir) / "result.json", doc)
-    return doc, {"result": path}
+        ),
+        limit=p["data"].get("limit"),
+    )
 
 
 def _blackbox(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
     from edgeattack.evaluate import evaluate
 
     p = task.params
-    dataset = _dataset(p, p["model"]["name"], p["data"]["eval_split"], p.get("limit"))
-    with _open(task) as engine:
-        result = evaluate(
+    return _on_engine(
+        task,
+        lambda engine, dataset, _artifacts: evaluate(
             engine,
             dataset,
             blackbox=[p["spec"]],
@@ -242,10 +256,9 @@ def _blackbox(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
             measure_latency=False,
             measure_memory=False,
             seed=p["seed"],
-        )
-    doc = result.to_dict()
-    path = _write_json(Path(task.workdir) / "result.json", doc)
-    return doc, {"result": path}
+        ),
+        limit=p.get("limit"),
+    )
 
 
 def _availability(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
@@ -253,22 +266,19 @@ def _availability(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
 
     p = task.params
     settings = p["availability"]
-    artifacts = _artifacts(task)
-    dataset = _dataset(p, p["model"]["name"], p["data"]["eval_split"], p["data"].get("limit"))
-    with _open(task) as engine:
-        result = evaluate_availability(
+    return _on_engine(
+        task,
+        lambda engine, dataset, artifacts: evaluate_availability(
             engine,
             dataset,
-            [path for _, path in artifacts],
+            artifacts,
             latency_images=settings["latency_images"],
             latency_rounds=settings["latency_rounds"],
             meter=settings.get("meter"),
             device="gpu" if p["engine"]["target"] == "tensorrt" else "cpu",
-        )
-    doc = result.to_dict()
-    doc["artifact_cells"] = [cell_id for cell_id, _ in artifacts]
-    path = _write_json(Path(task.workdir) / "result.json", doc)
-    return doc, {"result": path}
+        ),
+        limit=p["data"].get("limit"),
+    )
 
 
 def _depth(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
