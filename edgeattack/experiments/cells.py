@@ -90,7 +90,7 @@ def _export(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
         plan = workdir / "engine.plan"
         metadata = build_tensorrt_engine(task.inputs["onnx"], plan, precision=engine["precision"], sparse=engine["sparse"])
         result.update(precision=engine["precision"], backend="tensorrt", size_mb=plan.stat().st_size / 1e6)
-        result["metadata"] = metadata.to_dict() if hasattr(metadata, "to_dict") else {}
+        result["metadata"] = metadata.to_dict()
         return result, {"engine": str(plan), "engine_sidecar": str(plan) + ".json"}
 
     _torch_threads(task)

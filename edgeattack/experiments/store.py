@@ -240,7 +240,7 @@ class ExperimentStore:
         final = self.directory / "cells" / cell_dirname(cell_id)
         scratch = Path(scratch)
         for name, path in outputs.items():
-            if Path(path).resolve().parent != scratch.resolve() and scratch.resolve() not in Path(path).resolve().parents:
+            if scratch.resolve() not in Path(path).resolve().parents:
                 raise StoreError(f"cell {cell_id} wrote output {name} outside its directory: {path}")
         if final.exists():
             trash = final.with_name(final.name + f".old-{uuid.uuid4().hex[:8]}")
