@@ -147,6 +147,24 @@ class _DeSparsifyMixin:
         return desparsify_objective(models, x, labels, lam=self.lam, pred_loss=self.pred_loss, kappa=self.kappa)
 
 
+
+class _FittedMixin(_DeSparsifyMixin):
+    """The fitted variants (universal, class-universal, patch): also the fit-set TUR after each epoch."""
+
+    _tur_history: list[float]
+
+    def _prepare(self, *args: Any, **kwargs: Any) -> _Prepared:
+        prep = super()._prepare(*args, **kwargs)
+        self._tur_history = []
+        return prep
+
+    @property
+    def params(self) -> dict[str, Any]:
+        params = super().params
+        if self._tally is not None and self._tally.n:
+            params["tur_history"] = list(self._tur_history)
+        return params
+
 def fit_by_ascent(
     members: Sequence[Any],
     x: Tensor,

@@ -14,7 +14,7 @@ import numpy as np
 from edgeattack.artifacts import PerturbationArtifact, quantize_to_grid
 from edgeattack.attacks.whitebox.base import Progress
 from edgeattack.attacks.whitebox.common import _AttackBase, _Prepared
-from edgeattack.attacks.whitebox.desparsify_base import _DeSparsifyMixin, fit_by_ascent
+from edgeattack.attacks.whitebox.desparsify_base import _FittedMixin, fit_by_ascent
 from edgeattack.attacks.whitebox.desparsify_objective import PATCH_LOCATIONS, SCHEDULES, token_utilization
 from edgeattack.attacks.whitebox.model import AttackModel, ModelLike, Tensor, attack_mode, torch
 from edgeattack.attacks.whitebox.outputs import UniversalOutput
@@ -94,7 +94,7 @@ def _check_location(location: Any) -> str | tuple[int, int]:
     return top, left
 
 
-class DeSparsifyPatch(_DeSparsifyMixin, _AttackBase):
+class DeSparsifyPatch(_FittedMixin, _AttackBase):
     """DeSparsify as a universal patch (`variant="patch"`): a square of free pixel values pasted on every image.
 
     Not an eps-ball attack, so it is no `UniversalAttack` (whose final `__call__` projects onto an
@@ -144,18 +144,10 @@ class DeSparsifyPatch(_DeSparsifyMixin, _AttackBase):
         self._tur_history: list[float] = []
         super().__init__(batch_size=batch_size, **common)
 
-    @property
-    def params(self) -> dict[str, Any]:
-        params = super().params
-        if self._tally is not None and self._tally.n:
-            params["tur_history"] = list(self._tur_history)
-        return params
-
     def _prepare(self, *args: Any, **kwargs: Any) -> _Prepared:
         prep = super()._prepare(*args, **kwargs)
         height, width = prep.x.shape[2:]
         self._origin = patch_origin(self.patch_location, self.patch_size, int(height), int(width))
-        self._tur_history = []
         return prep
 
     @typing.final

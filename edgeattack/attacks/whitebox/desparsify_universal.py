@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edgeattack.attacks.whitebox.base import UniversalAttack
-from edgeattack.attacks.whitebox.common import _Prepared
-from edgeattack.attacks.whitebox.desparsify_base import _DeSparsifyMixin, fit_by_ascent
+from edgeattack.attacks.whitebox.desparsify_base import _FittedMixin, fit_by_ascent
 from edgeattack.attacks.whitebox.desparsify_objective import SCHEDULES, token_utilization
 from edgeattack.attacks.whitebox.model import AttackModel, Tensor, torch
 from edgeattack.attacks.whitebox.norms import project, quantize_within
@@ -19,7 +18,7 @@ from edgeattack.errors import ConfigError
 logger = logging.getLogger("edgeattack.attacks.whitebox.desparsify")
 
 
-class DeSparsifyUniversal(_DeSparsifyMixin, UniversalAttack):
+class DeSparsifyUniversal(_FittedMixin, UniversalAttack):
     """DeSparsify, one L-inf delta for all images (`variant="universal"`) or one per class (`"class-universal"`).
 
     Minibatch signed-gradient ascent of the mean objective over the fit images (each model's clean
@@ -73,18 +72,6 @@ class DeSparsifyUniversal(_DeSparsifyMixin, UniversalAttack):
     @property
     def progress_units(self) -> int:
         return self.epochs
-
-    @property
-    def params(self) -> dict[str, Any]:
-        params = super().params
-        if self._tally is not None and self._tally.n:
-            params["tur_history"] = list(self._tur_history)
-        return params
-
-    def _prepare(self, *args: Any, **kwargs: Any) -> _Prepared:
-        prep = super()._prepare(*args, **kwargs)
-        self._tur_history = []
-        return prep
 
     def _apply(self, model: AttackModel, x: Tensor, v: Tensor) -> Tensor:
         adv = model.clip(x + v)
