@@ -184,6 +184,18 @@ def _energy_per_image(energy: dict[str, Any]) -> float | None:
     return None
 
 
+def _runs_wall_s(runs: list[dict[str, Any]]) -> float | None:
+    """Wall time of the finished runs together (cell times overlap in a pool, so they are not summed)."""
+    from datetime import datetime
+
+    spans = [
+        (datetime.fromisoformat(r["finished"]) - datetime.fromisoformat(r["started"])).total_seconds()
+        for r in runs
+        if r.get("started") and r.get("finished")
+    ]
+    return sum(spans) if spans else None
+
+
 def report_data(store_path: str | Path) -> Any:
     """The ReportData of the store at `store_path` (a directory or its store.sqlite)."""
     with open_store_for_report(store_path) as store:
@@ -212,7 +224,7 @@ def _report_data(store: ExperimentStore) -> Any:
             "planned": len(plan or records),
             "runs": len(runs),
             "last_run": runs[-1] if runs else None,
-            "wall_s": sum(r.wall_s or 0.0 for r in records if r.status == "done"),
+            "wall_s": _runs_wall_s(runs),
             "dataset": _get(config, "data", "dataset"),
             "eval_split": _get(config, "data", "eval_split"),
             "seed": config.get("seed"),
