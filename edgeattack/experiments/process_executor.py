@@ -57,6 +57,7 @@ class ProcessExecutor(Executor):
 
     name = "process"
     MAX_BREAKS = 3
+    JOIN_S = 10.0
 
     def __init__(self, fn: CellFunction, *, workers: int = 1) -> None:
         try:
@@ -107,9 +108,10 @@ class ProcessExecutor(Executor):
         running = bool(self._running)
         self._running.clear()
         if pool is not None:
-            pool.shutdown(wait=not running, cancel_futures=True)
             if running:
+                self._processes.update(getattr(pool, "_processes", None) or {})
                 self._kill_workers()
+            self._close_pool(pool)
         self._close_started()
 
     # -- internals --
@@ -139,7 +141,7 @@ class ProcessExecutor(Executor):
                 self._queue.appendleft(task)
                 if self._running:  # `wait` sees the break through their futures
                     return
-                self._pool.shutdown(wait=True)
+                self._close_pool(self._pool)
                 self._pool = None
                 continue
             self._running[future] = task
@@ -176,8 +178,7 @@ class ProcessExecutor(Executor):
     def _recover(self, broken: list[CellTask]) -> None:
         """The pool broke: fail the cell whose worker died, queue the others again on a new pool."""
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)  # joins the pool's manager: every worker has exited and been reaped
+        killed = self._close_pool(pool) if pool is not None else set()
         for future, task in list(self._running.items()):
             del self._running[future]
             error = future.exception() if future.done() and not future.cancelled() else BrokenProcessPool()
@@ -188,7 +189,7 @@ class ProcessExecutor(Executor):
             else:
                 self._finish(task, CellFailure.from_exception(error))
         self._drain_started()
-        exit_codes = {pid: process.exitcode for pid, process in self._processes.items()}
+        exit_codes = {pid: None if pid in killed else process.exitcode for pid, process in self._processes.items()}
         crashed = {pid for pid, code in exit_codes.items() if code not in (None, 0, -signal.SIGTERM)}
         culprits = [t for t in broken if self._pids.get(t.id) in crashed]
         if not culprits:
@@ -214,6 +215,34 @@ class ProcessExecutor(Executor):
             else:
                 again.append(task)
         self._queue.extendleft(reversed(again))
+
+    def _close_pool(self, pool: cf.ProcessPoolExecutor) -> set[int]:
+        """Shut `pool` down and wait for its manager to reap every worker; the pids it had to SIGKILL.
+
+        A broken pool's manager SIGTERMs the surviving workers and joins them without a timeout, and
+        a closing pool's manager joins them too: one worker that does not exit (seen under load: a
+        worker left blocked on its pipe) would block that join, and the interpreter's exit, for ever.
+        After `JOIN_S` the workers not reaped yet are SIGKILLed; their exit codes then say nothing
+        about a crash.
+        """
+        # Workers the pool started since the last look (it starts them on demand): shutdown drops its list.
+        self._processes.update(getattr(pool, "_processes", None) or {})
+        manager = getattr(pool, "_executor_manager_thread", None)  # shutdown forgets it
+        pool.shutdown(wait=False, cancel_futures=True)
+        killed: set[int] = set()
+        if manager is None:
+            return killed
+        manager.join(self.JOIN_S)
+        if manager.is_alive():
+            for pid, process in self._processes.items():
+                popen = getattr(process, "_popen", None)
+                if popen is not None and popen.returncode is None:  # not reaped: read, not polled
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+            logger.warning("worker processes did not exit when their pool closed: killed %s", sorted(killed))
+            manager.join(self.JOIN_S)
+        return killed
 
     def _kill_workers(self) -> None:
         for process in self._processes.values():
