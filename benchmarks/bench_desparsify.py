@@ -36,11 +36,11 @@ def availability_table(title: str, result) -> list[str]:
         f"{result.settings['latency_rounds']} rounds)",
         "",
         "| perturbation | accuracy | prediction kept | TUR | TUR gap closed | GFLOPs | × GFLOPs | "
-        "latency median ms | × latency (median) | × latency (mean) | energy mJ (estimate) | peak RSS Δ MB |",
+        "latency median ms | × latency (median) | × latency (mean) | energy mJ (estimate) | peak RSS Δ MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result.passes:
-        mem = None if p.memory is None else p.memory.peak_rss_delta_mb
+        mem = None if p.memory is None else p.memory.peak_rss_delta_mib
         lines.append(
             f"| {p.label} | {fmt(p.accuracy)} | {fmt(p.prediction_kept)} | {fmt(p.tur)} | "
             f"{fmt(p.gap_closed.get('tur'))} | {fmt(p.gflops, 4)} | {fmt(p.ratios.get('gflops'), 2)} | "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,14 @@ def no_overwrite_path(path: str | os.PathLike[str]) -> Path:
         if not candidate.exists():
             return candidate
     raise FileExistsError(f"no free name next to {target}")
+
+
+def file_label(text: str, max_length: int = 80) -> str:
+    """`text` as a safe piece of a file name: a dataset spec keeps only its folder's own name.
+
+    `folder:/data/imagenet-test` gives `imagenet-test` (a result's file name never embeds an absolute
+    path), `digits` stays `digits`; characters outside `[A-Za-z0-9_.-]` become `_`.
+    """
+    if text.startswith("folder:"):
+        text = Path(text.removeprefix("folder:")).name or "folder"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:max_length] or "unnamed"

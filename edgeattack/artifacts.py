@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +21,10 @@ import numpy as np
 
 from edgeattack import __version__
 from edgeattack._io import atomic_write_bytes
+from edgeattack.budget import format_eps, measured_norms, within_budget
 from edgeattack.errors import ArtifactError
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 KINDS = ("universal", "class_universal", "per_image")
@@ -143,6 +147,35 @@ class PerturbationArtifact:
         """Per-delta L-infinity norm."""
         return np.abs(self.delta).reshape(self.delta.shape[0], -1).max(axis=1)
 
+    def max_norm(self) -> float | None:
+        """The largest delta's norm in the artifact's own norm (None for norm "none" or no deltas)."""
+        norms = measured_norms(self.delta, self.meta.norm)
+        return None if norms is None or norms.size == 0 else float(norms.max())
+
+    def over_budget(self) -> bool:
+        """Whether some delta exceeds the artifact's declared eps in its declared norm."""
+        measured = self.max_norm()
+        return self.meta.eps is not None and measured is not None and not within_budget(measured, self.meta.eps)
+
+    def check_budget(self, *, label: str, allow_over_budget: bool = False) -> float | None:
+        """The measured max norm; ArtifactError when it exceeds the declared eps, unless allowed (then a warning).
+
+        A replay reports the declared eps, so an artifact whose deltas are larger than it says would
+        make every figure computed from it wrong without a word.
+        """
+        measured = self.max_norm()
+        if not self.over_budget():
+            return measured
+        m = self.meta
+        problem = (
+            f"{label} declares {m.norm} eps {format_eps(m.eps, m.norm)} ({m.eps:.6g}) but its deltas reach "
+            f"{m.norm} {format_eps(measured, m.norm)} ({measured:.6g})"
+        )
+        if not allow_over_budget:
+            raise ArtifactError(f"{problem}; refusing to replay it (--allow-over-budget replays it anyway)")
+        logger.warning("%s; replaying it anyway (--allow-over-budget): results record the measured norm", problem)
+        return measured
+
     def apply(
         self,
         images: np.ndarray,
@@ -249,6 +282,58 @@ class PerturbationArtifact:
             raise ArtifactError(f"{path} is not a valid artifact: {exc}") from exc
         except (OSError, zipfile.BadZipFile, EOFError) as exc:
             raise ArtifactError(f"{path} is corrupt or not an .npz file: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ReplayCoverage:
+    """Which images of a dataset an artifact replays on (`positions` in the dataset), and its measured budget."""
+
+    positions: np.ndarray
+    skipped: int
+    max_norm: float | None
+
+
+def check_replay(
+    artifact: PerturbationArtifact,
+    dataset: Any,
+    *,
+    label: str,
+    input_size: tuple[int, ...],
+    engine: str,
+    allow_over_budget: bool = False,
+) -> ReplayCoverage:
+    """The checks every replay makes before running anything, and the images the artifact covers.
+
+    ArtifactError when the artifact is for another input size than the engine's, another dataset
+    than `dataset` (an `ImageDataset`), exceeds its own declared eps (unless `allow_over_budget`),
+    or is a per-image artifact covering none of the dataset's images; a partial one is replayed on
+    the images it covers, with a warning naming how many are skipped.
+    """
+    meta = artifact.meta
+    if tuple(meta.input_size) != tuple(input_size):
+        raise ArtifactError(
+            f"perturbation {label} is for inputs of size {tuple(meta.input_size)} but engine {engine} "
+            f"takes {tuple(input_size)}"
+        )
+    if meta.dataset != dataset.name:
+        raise ArtifactError(
+            f"perturbation {label} was crafted on dataset {meta.dataset!r} ({meta.dataset}:{meta.split}) "
+            f"but is replayed on {dataset.spec}"
+        )
+    max_norm = artifact.check_budget(label=f"perturbation {label}", allow_over_budget=allow_over_budget)
+    positions = np.flatnonzero(artifact.covers(dataset.indices))
+    if positions.size == 0:
+        raise ArtifactError(
+            f"per-image perturbation {label} covers none of the {len(dataset)} images of {dataset.spec}: "
+            f"it was crafted on {meta.dataset}:{meta.split}; replay it on that split"
+        )
+    skipped = len(dataset) - int(positions.size)
+    if skipped:
+        logger.warning(
+            "%s holds perturbations for %d of the %d images of %s; %d are skipped",
+            label, positions.size, len(dataset), dataset.spec, skipped,
+        )
+    return ReplayCoverage(positions, skipped, max_norm)
 
 
 def quantize_to_grid(images: np.ndarray, levels: int = 255) -> np.ndarray:

@@ -11,10 +11,21 @@ A-ViT, AdaViT), and reports per pass:
   round by round, so drift on a shared machine hits clean and adversarial alike; each image's
   latency is the median of its rounds;
 - peak resident memory of the counting pass;
-- energy: measured where a meter exists (none here: the field says why), and a clearly labelled
-  model-based estimate from the counted multiply-adds;
+- energy, two separate fields that never stand in for each other: `measured_mj` from a meter
+  (null with the `reason` where none measures or its window failed) and `estimate_mj`, a
+  clearly labelled model-based estimate from the counted multiply-adds. The meter follows the
+  device the engine really runs on (`engine.providers`: CUDA/TensorRT -> NVML or Jetson rails,
+  CPU -> RAPL or Jetson rails) unless `device` overrides it;
 - ratios adversarial/clean, and for TUR and GFLOPs the share of the gap to the dense maximum
   closed, (adv − clean)/(max − clean), as DeSparsify reports.
+
+A per-image artifact replays on the images it covers (matched by dataset index, a warning says
+how many are skipped; one covering none is an ArtifactError), as in `edgeattack evaluate`. Every
+ratio compares like with like: an artifact's pass is set against the clean pass *over the images
+it covers* — the same images counted, timed (interleaved) and measured — recorded in its
+`clean_reference` when that is not the whole clean pass. Several artifacts covering different
+subsets each get their own reference, so their ratios are each apples-to-apples (though not over
+the same images as one another).
 
 An engine without `token_counts` still gets accuracy, latency and memory; TUR and GFLOPs are null
 with the reason.
@@ -25,158 +36,47 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeattack import __version__
 from edgeattack._io import sha256_file
-from edgeattack.artifacts import PerturbationArtifact
+from edgeattack.artifacts import PerturbationArtifact, check_replay
+from edgeattack.availability_result import (
+    AVAILABILITY_KIND,
+    NO_METER_REASON,
+    TOKEN_COUNTS,
+    AvailabilityPass,
+    AvailabilityResult,
+    load_availability,
+)
 from edgeattack.data.base import ImageDataset
 from edgeattack.engines import Engine, open_engine
-from edgeattack.errors import ArtifactError, ConfigError, EngineError, ResultError
+from edgeattack.errors import ConfigError, EngineError
 from edgeattack.metrics.latency import LatencyStats, stats_from_durations
 from edgeattack.metrics.memory import MemoryStats, PeakMemory
-from edgeattack.metrics.tokens import TOKEN_METRIC_DEFINITIONS, gap_closed, gflops_from_metadata, tur
+from edgeattack.metrics.tokens import gap_closed, gflops_from_metadata, tur
+
+if TYPE_CHECKING:
+    from edgeattack.metrics.energy import Meter
 
 __all__ = ["AVAILABILITY_KIND", "AvailabilityPass", "AvailabilityResult", "evaluate_availability", "load_availability"]
 
 logger = logging.getLogger(__name__)
 
-AVAILABILITY_KIND = "availability"
-SCHEMA_VERSION = 1
-TOKEN_COUNTS = "token_counts"
-PJ_PER_MAC = 4.6
-ENERGY_ESTIMATE_METHOD = (
-    "estimate, not a measurement: counted multiply-adds x 4.6 pJ (fp32 multiply 3.7 pJ + add 0.9 pJ at 45 nm, "
-    "Horowitz, ISSCC 2014); compute only, no memory traffic or idle power"
-)
-NO_METER_REASON = "no energy meter on this machine (no readable RAPL energy_uj, no NVML)"
-
-DEFINITIONS: dict[str, str] = {
-    **TOKEN_METRIC_DEFINITIONS,
-    "accuracy": "top-1 accuracy of the pass",
-    "prediction_kept": "among images the engine classifies correctly when clean, the share whose prediction is unchanged",
-    "latency": (
-        "per-image host latency at `latency_batch`: median of `latency_rounds` timed runs per image, passes "
-        "interleaved image by image; statistics over the timed images"
-    ),
-    "ratio": "adversarial / clean of the same images (latency: mean and median per-image latency)",
-    "energy_estimate_mj": ENERGY_ESTIMATE_METHOD,
-    "peak_rss_delta_mb": "peak RSS during the counting pass minus the RSS before the clean pass (MB = 2**20 bytes)",
-}
-
-
-@dataclass(frozen=True)
-class AvailabilityPass:
-    """Clean images or one perturbation's adversarial images on the engine."""
-
-    label: str
-    method: str
-    params: dict[str, Any]
-    images: int
-    accuracy: float | None
-    prediction_kept: float | None
-    tur: float | None
-    tur_per_block: list[float] | None
-    gflops: float | None
-    latency: LatencyStats | None
-    memory: MemoryStats | None
-    energy: dict[str, Any]
-    ratios: dict[str, float | None] = field(default_factory=dict)
-    gap_closed: dict[str, float | None] = field(default_factory=dict)
-    artifact_path: str | None = None
-    latency_samples_ms: list[float] | None = None
-    """Per timed group of images: the median of the rounds (ms), the distribution `latency` summarises."""
-
-    def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["latency"] = None if self.latency is None else self.latency.to_dict()
-        doc["memory"] = None if self.memory is None else self.memory.to_dict()
-        return doc
-
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> AvailabilityPass:
-        values = {k: doc.get(k) for k in cls.__dataclass_fields__}
-        values["latency"] = None if doc.get("latency") is None else LatencyStats.from_dict(doc["latency"])
-        values["memory"] = None if doc.get("memory") is None else MemoryStats.from_dict(doc["memory"])
-        values["ratios"] = dict(doc.get("ratios") or {})
-        values["gap_closed"] = dict(doc.get("gap_closed") or {})
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class AvailabilityResult:
-    """One engine's availability under clean and perturbed inputs."""
-
-    engine: dict[str, Any]
-    dataset: dict[str, Any]
-    token_sparsity: dict[str, Any] | None
-    tur_reason: str | None
-    passes: tuple[AvailabilityPass, ...]
-    settings: dict[str, Any]
-    definitions: dict[str, str] = field(default_factory=lambda: dict(DEFINITIONS))
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    edgeattack_version: str = __version__
-    schema_version: int = SCHEMA_VERSION
-    kind: str = AVAILABILITY_KIND
-
-    @property
-    def clean(self) -> AvailabilityPass:
-        return self.passes[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["passes"] = [p.to_dict() for p in self.passes]
-        return doc
-
-    def save(self, path: str | Path) -> Path:
-        import json
-
-        from edgeattack.results import write_new_file
-
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        return write_new_file(path, text.encode("utf-8"))
-
-
-def load_availability(path: str | Path) -> AvailabilityResult:
-    """Read a saved AvailabilityResult (ResultError for other kinds or newer schemas)."""
-    import json
-
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ResultError(f"cannot read availability result {path}: {exc}") from exc
-    if doc.get("kind") != AVAILABILITY_KIND:
-        raise ResultError(f"{path} is not an availability result (kind {doc.get('kind')!r})")
-    if int(doc.get("schema_version", 0)) > SCHEMA_VERSION:
-        raise ResultError(f"{path} was written by a newer edgeattack (schema {doc['schema_version']})")
-    values = {k: doc.get(k) for k in AvailabilityResult.__dataclass_fields__}
-    values["passes"] = tuple(AvailabilityPass.from_dict(p) for p in doc["passes"])
-    return AvailabilityResult(**values)
-
-
-def _energy(gflops: float | None) -> dict[str, Any]:
-    estimate = None if gflops is None else gflops * 1e9 * PJ_PER_MAC * 1e-12 * 1e3
-    return {
-        "measured_mj": None,
-        "meter": None,
-        "reason": NO_METER_REASON,
-        "estimate_mj": estimate,
-        "estimate_method": ENERGY_ESTIMATE_METHOD if estimate is not None else None,
-    }
-
-
-def _pass_energy(engine: Engine, images: np.ndarray, meter: Any, window_s: float, gflops: float | None) -> dict[str, Any]:
-    """The labelled estimate, plus a measurement when `meter` measures (None: no meter asked for)."""
-    if meter is None or getattr(meter, "kind", "none") != "measured":
-        reason = NO_METER_REASON if meter is None else str(getattr(meter, "reason", NO_METER_REASON))
-        return {**_energy(gflops), "reason": reason}
+def _pass_energy(
+    engine: Engine, images: np.ndarray, meter: Any, window_s: float, gflops: float | None
+) -> dict[str, Any]:
+    """The energy block: a measurement when `meter` measures (else null with the reason), and the estimate."""
     from edgeattack.metrics.energy import energy_summary, measure_energy
 
+    if meter is None or getattr(meter, "kind", "none") != "measured":
+        reason = NO_METER_REASON if meter is None else str(getattr(meter, "reason", None) or NO_METER_REASON)
+        return energy_summary(None, gflops_per_inference=gflops, reason=reason)
+    if len(images) == 0:
+        return energy_summary(None, gflops_per_inference=gflops, reason="no image to measure")
     batch = np.ascontiguousarray(images)
     reading = measure_energy(lambda: engine.run(batch), meter, min_window_s=window_s, inferences_per_call=len(batch))
     return energy_summary(reading, gflops_per_inference=gflops)
@@ -192,30 +92,51 @@ class _Pass:
     method: str
     params: dict[str, Any]
     images: np.ndarray
+    positions: np.ndarray
+    """Positions in the dataset of `images` (all of them for the clean pass)."""
     path: str | None = None
+    skipped: int = 0
+    budget: dict[str, Any] = field(default_factory=dict)
+    """eps, norm, delta_max_norm and over_budget of the artifact (empty for the clean pass)."""
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """Rows of `images` holding the dataset `positions` (which this pass covers)."""
+        return np.searchsorted(self.positions, positions)
+
+    @property
+    def full(self) -> bool:
+        return self.skipped == 0
 
 
-def _passes(dataset: ImageDataset, perturbations: Sequence[str | Path | PerturbationArtifact], engine: Engine) -> list[_Pass]:
-    passes = [_Pass("clean", "clean", {}, dataset.images)]
+def _prepare_passes(
+    dataset: ImageDataset,
+    perturbations: Sequence[str | Path | PerturbationArtifact],
+    engine: Engine,
+    allow_over_budget: bool = False,
+) -> list[_Pass]:
+    """Load every artifact, check it as every replay does (`check_replay`), and apply it to the images
+    it covers; a partial artifact's ratios compare it with the clean pass over the same images."""
+    everything = np.arange(len(dataset))
+    passes = [_Pass("clean", "clean", {}, dataset.images, everything)]
     for source in perturbations:
         artifact = source if isinstance(source, PerturbationArtifact) else PerturbationArtifact.load(source)
         path = None if isinstance(source, PerturbationArtifact) else str(source)
         meta = artifact.meta
-        if tuple(meta.input_size) != tuple(engine.input_size):
-            raise ArtifactError(
-                f"perturbation {path or meta.method} is for inputs of size {tuple(meta.input_size)}, "
-                f"engine {engine.name} takes {tuple(engine.input_size)}"
-            )
-        if meta.kind == "per_image" and not artifact.covers(dataset.indices).all():
-            raise ArtifactError(
-                f"per-image perturbation {path or meta.method} does not cover every image of {dataset.spec}: "
-                f"crafted on {meta.dataset}:{meta.split}; evaluate availability on that split"
-            )
-        adversarial = artifact.apply(
-            dataset.images, labels=dataset.labels, indices=dataset.indices, bounds=engine.bounds
+        coverage = check_replay(
+            artifact, dataset, label=path or f"in-memory {meta.method} artifact", input_size=engine.input_size,
+            engine=engine.name, allow_over_budget=allow_over_budget,
         )
-        label = Path(path).name if path else f"{meta.method} ({meta.kind})"
-        passes.append(_Pass(label, meta.method, dict(meta.params), adversarial, path))
+        positions, skipped = coverage.positions, coverage.skipped
+        adversarial = artifact.apply(
+            dataset.images[positions], labels=dataset.labels[positions], indices=dataset.indices[positions],
+            bounds=engine.bounds,
+        )
+        name = Path(path).name if path else f"{meta.method} ({meta.kind})"
+        budget = {
+            "eps": meta.eps, "norm": meta.norm, "delta_max_norm": coverage.max_norm,
+            "over_budget": artifact.over_budget(),
+        }
+        passes.append(_Pass(name, meta.method, dict(meta.params), adversarial, positions, path, skipped, budget))
     return passes
 
 
@@ -232,24 +153,37 @@ def _count_pass(engine: Engine, images: np.ndarray, batch_size: int, has_counts:
     return np.concatenate(preds), (np.concatenate(counts) if has_counts else None)
 
 
+Group = tuple[int, ...]
+
+
+def _timed_groups(p: _Pass, latency_images: int, batch: int) -> list[Group]:
+    """The pass's first `latency_images` images (dataset positions), in groups of `batch`."""
+    n = min(latency_images, len(p.positions)) // batch * batch
+    chosen = p.positions[:n]
+    return [tuple(int(i) for i in chosen[k : k + batch]) for k in range(0, n, batch)]
+
+
 def _interleaved_latency(
-    engine: Engine, passes: list[_Pass], positions: np.ndarray, batch: int, rounds: int, warmup: int
-) -> list[np.ndarray]:
-    """Per pass, per timed group of `batch` images: the median of `rounds` timings (ms)."""
-    groups = [positions[i : i + batch] for i in range(0, len(positions) - batch + 1, batch)]
-    for p in passes:
-        for g in groups[:warmup]:
-            engine.run(p.images[g])
-    timings = np.zeros((len(passes), len(groups), rounds))
+    engine: Engine, passes: list[_Pass], groups: list[list[Group]], rounds: int, warmup: int
+) -> dict[tuple[int, Group], float]:
+    """Median of `rounds` timings (ms) per (pass, group): the clean pass is timed on every group any pass
+    times (so each pass has its clean reference on the same images), interleaved group by group."""
+    union: list[Group] = list(dict.fromkeys(g for gs in groups for g in gs))
+    timers = {g: [0] + [i for i in range(1, len(passes)) if g in set(groups[i])] for g in union}
+    for i, p in enumerate(passes):
+        for g in (union if i == 0 else groups[i])[:warmup]:
+            engine.run(p.images[p.rows(np.asarray(g))])
+    timings: dict[tuple[int, Group], list[float]] = {(i, g): [] for g in union for i in timers[g]}
     for r in range(rounds):
-        for k, g in enumerate(groups):
-            order = range(len(passes)) if (r + k) % 2 == 0 else reversed(range(len(passes)))
+        for k, g in enumerate(union):
+            order = timers[g] if (r + k) % 2 == 0 else list(reversed(timers[g]))
             for i in order:
-                batch_images = np.ascontiguousarray(passes[i].images[g])
+                p = passes[i]
+                batch_images = np.ascontiguousarray(p.images[p.rows(np.asarray(g))])
                 t0 = time.perf_counter_ns()
                 engine.run(batch_images)
-                timings[i, k, r] = (time.perf_counter_ns() - t0) / 1e6
-    return [np.median(timings[i], axis=1) for i in range(len(passes))]
+                timings[(i, g)].append((time.perf_counter_ns() - t0) / 1e6)
+    return {key: float(np.median(values)) for key, values in timings.items()}
 
 
 def evaluate_availability(
@@ -262,17 +196,23 @@ def evaluate_availability(
     latency_batch: int = 1,
     latency_rounds: int = 5,
     measure_memory: bool = True,
-    meter: str | None = None,
-    device: str = "cpu",
+    meter: str | Meter | None = None,
+    device: str | None = None,
     energy_images: int = 16,
     energy_window_s: float = 1.0,
+    energy_idle_s: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
+    allow_over_budget: bool = False,
 ) -> AvailabilityResult:
     """Clean vs each perturbation on `engine`: accuracy, TUR, GFLOPs, latency, memory, energy, ratios.
 
-    `meter` ("auto", "nvml", "jetson", "rapl", or None for no measurement) measures the energy of
-    each pass on its first `energy_images` images, repeated for at least `energy_window_s` seconds,
-    idle power subtracted (`edgeattack.metrics.energy`); the labelled estimate is always reported.
+    `meter` ("auto", "nvml", "jetson", "rapl", a `Meter`, or None for no measurement) measures the
+    energy of each pass on its first `energy_images` images, repeated for at least
+    `energy_window_s` seconds, idle power (over `energy_idle_s`) subtracted; the labelled estimate
+    is always reported beside it, in its own field. The meter is chosen for the device the engine
+    really runs on (`engine.providers`); `device` ("cpu", "cuda", "cuda:N", "jetson") overrides it,
+    with a warning where it contradicts the providers. Artifacts are checked as `evaluate` checks
+    them (`check_replay`): one whose deltas exceed its declared eps is refused unless `allow_over_budget`.
     """
     if latency_images < 0 or latency_batch < 1 or latency_rounds < 1 or batch_size < 1:
         raise ConfigError("latency_images >= 0, latency_batch >= 1, latency_rounds >= 1 and batch_size >= 1")
@@ -285,19 +225,31 @@ def evaluate_availability(
                 f"engine {eng.name} takes images of size {tuple(eng.input_size)}, dataset {dataset.spec} "
                 f"holds {tuple(dataset.input_shape)}"
             )
-        passes = _passes(dataset, perturbations, eng)
-        energy_meter = None
-        if meter is not None:
-            from edgeattack.metrics.energy import select_meter
-
-            energy_meter = select_meter(meter, device=device)
-            if energy_meter.kind == "measured":
-                energy_meter.measure_idle(1.0)
-        return _evaluate(eng, dataset, passes, batch_size, latency_images, latency_batch, latency_rounds,
-                         measure_memory, progress, energy_meter, energy_images, energy_window_s)
+        passes = _prepare_passes(dataset, perturbations, eng, allow_over_budget)
+        energy_meter, energy_device = _open_meter(eng, meter, device, energy_idle_s)
+        result = _evaluate(eng, dataset, passes, batch_size, latency_images, latency_batch, latency_rounds,
+                           measure_memory, progress, energy_meter, energy_images, energy_window_s)
+        settings = {**result.settings, "energy_device": energy_device, "energy_images": energy_images,
+                    "energy_window_s": energy_window_s}
+        return AvailabilityResult(**{**result.__dict__, "settings": settings})
     finally:
         if owned:
             eng.deactivate()
+
+
+def _open_meter(
+    engine: Engine, meter: str | Meter | None, device: str | None, idle_s: float
+) -> tuple[Meter | None, dict[str, Any] | None]:
+    """(the meter, or None; the device it was chosen for), with the idle baseline measured."""
+    if meter is None:
+        return None, None
+    from edgeattack.metrics.energy import Meter, resolve_device, select_meter
+
+    where = resolve_device(engine, device)
+    chosen = meter if isinstance(meter, Meter) else select_meter(meter, device=where.spec, pci_bus_id=where.pci_bus_id)
+    if chosen.kind == "measured" and chosen.idle_power_w is None:
+        chosen.measure_idle(idle_s)
+    return chosen, where.to_dict()
 
 
 def _evaluate(
@@ -322,51 +274,82 @@ def _evaluate(
     total = len(passes) + 1
     if progress is not None:
         progress(total, 0)
-    counted = []
+    counted: list[tuple[np.ndarray, np.ndarray | None, MemoryStats | None]] = []
+    clean_memory: dict[int, MemoryStats | None] = {}
     baseline = None
-    for p in passes:
-        with PeakMemory(baseline_rss_mb=baseline) as peak:
+    for i, p in enumerate(passes):
+        if not p.full and measure_memory:  # the clean images this pass covers: its memory reference
+            with PeakMemory(baseline_rss_mib=baseline) as peak:
+                _count_pass(engine, dataset.images[p.positions], batch_size, has_counts)
+            clean_memory[i] = peak.result
+        with PeakMemory(baseline_rss_mib=baseline) as peak:
             preds, counts = _count_pass(engine, p.images, batch_size, has_counts)
-        baseline = baseline if baseline is not None else (peak.result.baseline_rss_mb if peak.result else None)
+        baseline = baseline if baseline is not None else (peak.result.baseline_rss_mib if peak.result else None)
         counted.append((preds, counts, peak.result if measure_memory else None))
         if progress is not None:
             progress(total, 1)
-    n_timed = min(latency_images, len(dataset)) // latency_batch * latency_batch
-    latencies = (
-        _interleaved_latency(engine, passes, np.arange(n_timed), latency_batch, latency_rounds, warmup=2)
-        if n_timed
-        else [np.zeros(0) for _ in passes]
-    )
+    groups = [_timed_groups(p, latency_images, latency_batch) for p in passes]
+    medians = _interleaved_latency(engine, passes, groups, latency_rounds, warmup=2) if any(groups) else {}
     if progress is not None:
         progress(total, 1)
     num_tokens = int(info.get("num_tokens", 0)) if has_counts else 0
-    clean_pred = counted[0][0]
-    correct = clean_pred == dataset.labels
+    clean_pred, clean_counts = counted[0][0], counted[0][1]
+    labels = dataset.labels
+
+    def summary(counts: np.ndarray | None) -> tuple[float | None, float | None]:
+        if counts is None:
+            return None, None
+        return tur(counts, num_tokens).mean, gflops_from_metadata(counts, info).mean
+
+    def latency(i: int, of: int) -> tuple[LatencyStats | None, np.ndarray]:
+        lat = np.asarray([medians[(of, g)] for g in groups[i]])
+        return (stats_from_durations(lat, batch_size=latency_batch, warn=False) if lat.size else None), lat
+
+    def energy(images: np.ndarray, g: float | None) -> dict[str, Any]:
+        return _pass_energy(engine, images[:energy_images], energy_meter, energy_window_s, g)
+
     results: list[AvailabilityPass] = []
-    for index, (p, (preds, counts, memory), lat) in enumerate(zip(passes, counted, latencies, strict=True)):
-        t = tur(counts, num_tokens) if counts is not None else None
-        g = gflops_from_metadata(counts, info) if counts is not None else None
-        stats = stats_from_durations(lat, batch_size=latency_batch, warn=False) if lat.size else None
+    references: list[dict[str, Any] | None] = []
+    for index, (p, (preds, counts, memory)) in enumerate(zip(passes, counted, strict=True)):
+        t, g = summary(counts)
+        stats, lat = latency(index, index)
+        kept_labels = labels[p.positions]
+        correct = clean_pred[p.positions] == kept_labels
         results.append(
             AvailabilityPass(
                 label=p.label,
                 method=p.method,
                 params=p.params,
                 images=len(p.images),
-                accuracy=float((preds == dataset.labels).mean()),
-                prediction_kept=None if index == 0 or not correct.any() else float((preds[correct] == clean_pred[correct]).mean()),
-                tur=None if t is None else t.mean,
+                accuracy=float((preds == kept_labels).mean()),
+                prediction_kept=None if index == 0 or not correct.any()
+                else float((preds[correct] == clean_pred[p.positions][correct]).mean()),
+                tur=t,
                 tur_per_block=None if counts is None else (counts.mean(axis=0) / num_tokens).round(4).tolist(),
-                gflops=None if g is None else g.mean,
+                gflops=g,
                 latency=stats,
                 memory=memory,
-                energy=_pass_energy(engine, p.images[:energy_images], energy_meter, energy_window_s,
-                                    None if g is None else g.mean),
+                energy=energy(p.images, g),
                 artifact_path=p.path,
                 latency_samples_ms=[round(float(v), 4) for v in lat] if lat.size else None,
+                skipped=p.skipped,
+                **p.budget,
             )
         )
-    results = [_with_ratios(r, results[0], info if has_counts else None) for r in results]
+        if p.full:
+            references.append(None)
+            continue
+        t0, g0 = summary(None if clean_counts is None else clean_counts[p.positions])
+        references.append({
+            "images": int(p.positions.size),
+            "accuracy": float(correct.mean()),
+            "tur": t0,
+            "gflops": g0,
+            "latency": None if (lat0 := latency(index, 0)[0]) is None else lat0.to_dict(),
+            "memory": None if (mem0 := clean_memory.get(index)) is None else mem0.to_dict(),
+            "energy": energy(dataset.images[p.positions], g0),
+        })
+    results = [_with_ratios(r, results[0], ref, info if has_counts else None) for r, ref in zip(results, references, strict=True)]
     return AvailabilityResult(
         engine={**engine.describe(), "sha256": sha256_file(engine.source) if Path(engine.source).is_file() else None},
         dataset={"spec": dataset.spec, "name": dataset.name, "split": dataset.split, "seed": dataset.seed,
@@ -375,29 +358,36 @@ def _evaluate(
         tur_reason=reason,
         passes=tuple(results),
         settings={"meter": None if energy_meter is None else getattr(energy_meter, "name", None),
-                  "batch_size": batch_size, "latency_images": n_timed, "latency_batch": latency_batch,
-                  "latency_rounds": latency_rounds, "measure_memory": measure_memory},
+                  "batch_size": batch_size, "latency_images": len(groups[0]) * latency_batch,
+                  "latency_batch": latency_batch, "latency_rounds": latency_rounds, "measure_memory": measure_memory},
     )
 
 
-def _with_ratios(item: AvailabilityPass, clean: AvailabilityPass, info: dict[str, Any] | None) -> AvailabilityPass:
+def _with_ratios(
+    item: AvailabilityPass, clean: AvailabilityPass, reference: dict[str, Any] | None, info: dict[str, Any] | None
+) -> AvailabilityPass:
     if item is clean:
         return item
-    lat, lat0 = item.latency, clean.latency
-    mem = None if item.memory is None else item.memory.peak_rss_delta_mb
-    mem0 = None if clean.memory is None else clean.memory.peak_rss_delta_mb
+    if reference is None:
+        lat0, mem0, energy0, tur0, gflops0 = clean.latency, clean.memory, clean.energy, clean.tur, clean.gflops
+    else:
+        lat0 = None if reference["latency"] is None else LatencyStats.from_dict(reference["latency"])
+        mem0 = None if reference["memory"] is None else MemoryStats.from_dict(reference["memory"])
+        energy0, tur0, gflops0 = reference["energy"], reference["tur"], reference["gflops"]
+    lat = item.latency
     ratios = {
         "latency_mean": None if lat is None or lat0 is None else _ratio(lat.mean_ms, lat0.mean_ms),
         "latency_median": None if lat is None or lat0 is None else _ratio(lat.median_ms, lat0.median_ms),
-        "memory": _ratio(mem, mem0),
-        "energy_estimate": _ratio(item.energy["estimate_mj"], clean.energy["estimate_mj"]),
-        "energy_measured": _ratio(item.energy.get("measured_mj"), clean.energy.get("measured_mj")),
-        "tur": _ratio(item.tur, clean.tur),
-        "gflops": _ratio(item.gflops, clean.gflops),
+        "memory": _ratio(None if item.memory is None else item.memory.peak_rss_delta_mib,
+                         None if mem0 is None else mem0.peak_rss_delta_mib),
+        "energy_estimate": _ratio(item.energy.get("estimate_mj"), energy0.get("estimate_mj")),
+        "energy_measured": _ratio(item.energy.get("measured_mj"), energy0.get("measured_mj")),
+        "tur": _ratio(item.tur, tur0),
+        "gflops": _ratio(item.gflops, gflops0),
     }
     gaps: dict[str, float | None] = {"tur": None, "gflops": None}
-    if info and item.tur is not None and clean.tur is not None:
-        gaps["tur"] = gap_closed(clean.tur, item.tur, 1.0)
+    if info and item.tur is not None and tur0 is not None:
+        gaps["tur"] = gap_closed(tur0, item.tur, 1.0)
         dense = np.full((1, int(info["depth"])), int(info["num_tokens"]))
-        gaps["gflops"] = gap_closed(clean.gflops, item.gflops, gflops_from_metadata(dense, info).mean)
-    return AvailabilityPass(**{**item.__dict__, "ratios": ratios, "gap_closed": gaps})
+        gaps["gflops"] = gap_closed(gflops0, item.gflops, gflops_from_metadata(dense, info).mean)
+    return AvailabilityPass(**{**item.__dict__, "ratios": ratios, "gap_closed": gaps, "clean_reference": reference})

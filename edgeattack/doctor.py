@@ -287,7 +287,7 @@ def _gpus_from_nvidia_smi() -> tuple[list[dict[str, Any]] | None, str]:
                     "index": int(row["index"]) if row["index"].isdigit() else row["index"],
                     "name": row["name"],
                     "driver": row["driver_version"],
-                    "memory_total_mb": _to_float(row["memory.total"]),
+                    "memory_total_mib": _to_float(row["memory.total"]),
                     "compute_capability": row.get("compute_cap"),
                 }
             )
@@ -319,7 +319,7 @@ def _gpus_from_nvml() -> tuple[list[dict[str, Any]] | None, str]:
                     "index": i,
                     "name": name.decode() if isinstance(name, bytes) else str(name),
                     "driver": driver.decode() if isinstance(driver, bytes) else str(driver),
-                    "memory_total_mb": nvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20,
+                    "memory_total_mib": nvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20,
                     "compute_capability": cc,
                 }
             )
@@ -355,7 +355,7 @@ def _gpus_from_cuda_python() -> tuple[list[dict[str, Any]] | None, str]:
                     "index": i,
                     "name": info.name,
                     "driver": None,
-                    "memory_total_mb": info.total_memory_mb,
+                    "memory_total_mib": info.total_memory_mib,
                     "compute_capability": info.compute_capability,
                 }
             )
@@ -543,7 +543,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     if gpus["devices"]:
         for gpu in gpus["devices"]:
             cc = f", compute {gpu['compute_capability']}" if gpu.get("compute_capability") else ""
-            memory = f", {gpu['memory_total_mb']:.0f} MB" if gpu.get("memory_total_mb") else ""
+            memory = f", {gpu['memory_total_mib']:.0f} MiB" if gpu.get("memory_total_mib") else ""
             rows.append((f"gpu {gpu['index']}", "ok", f"{gpu['name']}{cc}{memory} (via {gpus['source']})"))
     else:
         rows.append(("gpu", "none", gpus.get("reason", "")))

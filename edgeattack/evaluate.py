@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from edgeattack._io import sha256_file
-from edgeattack.artifacts import PerturbationArtifact
+from edgeattack.artifacts import PerturbationArtifact, check_replay
 from edgeattack.attacks.blackbox.registry import BlackBoxSpec, parse_spec
 from edgeattack.attacks.blackbox.result import BlackBoxResult, WorstCase, worst_case
 from edgeattack.attacks.blackbox.runner import DEFAULT_BUDGET, BlackBoxRun, run_blackbox
 from edgeattack.data.base import ImageDataset
 from edgeattack.engines import Engine, open_engine
-from edgeattack.errors import ArtifactError, ConfigError, DataError, EngineError
+from edgeattack.errors import ConfigError, DataError, EngineError
 from edgeattack.metrics.accuracy import PerturbationNorms, accuracy_metrics, perturbation_norms
 from edgeattack.metrics.latency import (
     DEFAULT_MIN_RUNS,
@@ -31,7 +31,7 @@ from edgeattack.metrics.latency import (
     LatencyRecorder,
 )
 from edgeattack.metrics.latency import measure_latency as _measure_latency
-from edgeattack.metrics.memory import MemoryStats, PeakMemory, current_rss_mb
+from edgeattack.metrics.memory import MemoryStats, PeakMemory, current_rss_mib
 from edgeattack.results import CleanResult, DatasetInfo, EvaluationResult, ModelSize, PerturbationResult
 
 __all__ = ["ProgressCallback", "evaluate"]
@@ -54,49 +54,28 @@ class _Replay:
     sha256: str | None
     positions: np.ndarray
     skipped: int
+    max_norm: float | None
 
     @property
     def label(self) -> str:
         return self.path or f"in-memory {self.artifact.meta.method} artifact"
 
 
-def _prepare(source: PerturbationSource, engine: Engine, dataset: ImageDataset) -> _Replay:
+def _prepare(
+    source: PerturbationSource, engine: Engine, dataset: ImageDataset, allow_over_budget: bool = False
+) -> _Replay:
     if isinstance(source, PerturbationArtifact):
         artifact, path, sha = source, None, None
     else:
         path = str(source)
         artifact = PerturbationArtifact.load(path)
         sha = sha256_file(path)
-    meta = artifact.meta
-    label = path or f"in-memory {meta.method} artifact"
-    if tuple(meta.input_size) != tuple(engine.input_size):
-        raise ArtifactError(
-            f"perturbation {label} is for inputs of size {tuple(meta.input_size)} but engine "
-            f"{engine.name} takes {tuple(engine.input_size)}"
-        )
-    if meta.dataset != dataset.name:
-        raise ArtifactError(
-            f"perturbation {label} was crafted on dataset {meta.dataset!r} ({meta.dataset}:{meta.split}) "
-            f"but is replayed on {dataset.spec}"
-        )
-    covered = artifact.covers(dataset.indices)
-    positions = np.flatnonzero(covered)
-    if positions.size == 0:
-        raise ArtifactError(
-            f"per-image perturbation {label} covers none of the {len(dataset)} images of {dataset.spec}: "
-            f"it was crafted on {meta.dataset}:{meta.split}; replay it on that split"
-        )
-    skipped = len(dataset) - int(positions.size)
-    if skipped:
-        logger.warning(
-            "%s holds perturbations for %d of the %d images of %s; %d are skipped",
-            label,
-            positions.size,
-            len(dataset),
-            dataset.spec,
-            skipped,
-        )
-    return _Replay(artifact, path, sha, positions, skipped)
+    label = path or f"in-memory {artifact.meta.method} artifact"
+    coverage = check_replay(
+        artifact, dataset, label=label, input_size=engine.input_size, engine=engine.name,
+        allow_over_budget=allow_over_budget,
+    )
+    return _Replay(artifact, path, sha, coverage.positions, coverage.skipped, coverage.max_norm)
 
 
 def _chunks(n: int, batch_size: int) -> Iterator[slice]:
@@ -164,6 +143,7 @@ def evaluate(
     seed: int = 0,
     progress: ProgressCallback | None = None,
     runs: list[BlackBoxRun] | None = None,
+    allow_over_budget: bool = False,
 ) -> EvaluationResult:
     """Evaluate `engine` on `dataset`, clean, under each perturbation artifact and each black-box attack.
 
@@ -171,7 +151,9 @@ def evaluate(
     and closed here). `perturbations` are artifact paths or loaded artifacts; all are checked
     before anything runs: the engine's input size against the dataset's (EngineError), each
     artifact's input size against the engine's and its dataset against this one (ArtifactError),
-    and a per-image artifact must cover some of the dataset's images (by dataset index).
+    and a per-image artifact must cover some of the dataset's images (by dataset index). An artifact
+    whose deltas exceed its own declared eps is refused (ArtifactError) unless `allow_over_budget`;
+    each result records the measured largest delta (`delta_max_norm`) beside the declared eps.
     Adversarial images are clipped to the engine's bounds, and rounded to the 1/255 grid with
     `quantize_inputs`. Latency is measured on the first `batch_size` clean images (at least
     `latency_runs` calls and `latency_seconds` seconds, after warm-up); every pass's own inference
@@ -198,7 +180,7 @@ def evaluate(
                 f"engine {eng.name} takes images of size {tuple(eng.input_size)} (C, H, W) but dataset "
                 f"{dataset.spec} holds images of size {tuple(dataset.input_shape)}"
             )
-        replays = [_prepare(source, eng, dataset) for source in perturbations]
+        replays = [_prepare(source, eng, dataset, allow_over_budget) for source in perturbations]
         eng.activate()
         return _run(
             eng,
@@ -254,14 +236,14 @@ def _run(
             progress(total, steps)
 
     advance(0)
-    baseline_mb = current_rss_mb() if measure_memory else None
+    baseline_mib = current_rss_mib() if measure_memory else None
 
     # Clean pass: each batch is copied, as each adversarial batch is a new array, so the memory of
     # the passes compares fairly.
     clean_recorder = LatencyRecorder()
     clean_pred = np.empty(n, dtype=np.int64)
     clean_memory: MemoryStats | None = None
-    with PeakMemory(baseline_rss_mb=baseline_mb) as clean_peak:
+    with PeakMemory(baseline_rss_mib=baseline_mib) as clean_peak:
         for part in _chunks(n, batch_size):
             batch = np.array(dataset.images[part])
             clean_pred[part] = _infer_checked(engine, batch, clean_recorder, "clean")
@@ -283,7 +265,7 @@ def _run(
                 clean_pred,
                 batch_size=batch_size,
                 quantize_inputs=quantize_inputs,
-                baseline_mb=baseline_mb,
+                baseline_mib=baseline_mib,
                 measure_memory=measure_memory,
                 clean_per_image_s=clean_per_image_s,
                 advance=advance,
@@ -386,7 +368,7 @@ def _replay_one(
     *,
     batch_size: int,
     quantize_inputs: bool,
-    baseline_mb: float | None,
+    baseline_mib: float | None,
     measure_memory: bool,
     clean_per_image_s: float | None,
     advance: Callable[[int], None],
@@ -395,7 +377,7 @@ def _replay_one(
     recorder = LatencyRecorder()
     adv_pred = np.empty(positions.size, dtype=np.int64)
     norms: list[PerturbationNorms] = []
-    with PeakMemory(baseline_rss_mb=baseline_mb) as peak:
+    with PeakMemory(baseline_rss_mib=baseline_mib) as peak:
         for part in _chunks(positions.size, batch_size):
             pos = positions[part]
             clean = dataset.images[pos]
@@ -435,4 +417,6 @@ def _replay_one(
         replay_latency=stats,
         latency_ratio=ratio,
         memory=peak.result if measure_memory else None,
+        delta_max_norm=replay.max_norm,
+        over_budget=artifact.over_budget(),
     )

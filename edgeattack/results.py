@@ -5,7 +5,7 @@ atomically and never replaces an existing file: a taken name gets `-1`, `-2`, ..
 `load` refuses documents written by a newer schema. `rows` flattens a result into one dict per
 perturbation for experiment stores.
 
-Sizes are in MB of 2**20 bytes; times in ms unless a field says `_s`.
+Memory is in MiB (2**20 bytes, fields `*_mib`), file sizes in MB (10**6 bytes, fields `*_mb`); times in ms unless a field says `_s`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeattack import __version__
-from edgeattack._io import no_overwrite_path
+from edgeattack._io import file_label, no_overwrite_path
 from edgeattack.attacks.blackbox.result import BLACKBOX_DEFINITIONS, BlackBoxResult, WorstCase
 from edgeattack.errors import ResultError
 from edgeattack.metrics.accuracy import METRIC_DEFINITIONS, AccuracyMetrics, NormSummary
@@ -44,7 +44,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 RESULT_KIND = "evaluation"
-BYTES_PER_MB = float(1 << 20)
+BYTES_PER_MB = 1e6
 
 DEFINITIONS: dict[str, str] = {
     **METRIC_DEFINITIONS,
@@ -62,11 +62,11 @@ DEFINITIONS: dict[str, str] = {
         "the same statistics over the actual inference calls of a pass (full-size batches only; no warm-up)"
     ),
     "latency_ratio": "adversarial / clean host time per image over the replay calls (same engine, batch size)",
-    "peak_rss_delta_mb": (
+    "peak_rss_delta_mib": (
         "peak resident memory of the process during a pass minus the RSS before the clean pass "
-        "(VmHWM reset via /proc/self/clear_refs); MB = 2**20 bytes; null with a reason where not measurable"
+        "(VmHWM reset via /proc/self/clear_refs); MiB = 2**20 bytes; null with a reason where not measurable"
     ),
-    "model_size_mb": "size of the engine file in MB (2**20 bytes)",
+    "model_size_mb": "size of the engine file in MB (10**6 bytes)",
     **BLACKBOX_DEFINITIONS,
 }
 
@@ -143,7 +143,9 @@ class ModelSize:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> ModelSize:
-        return cls(doc.get("file_size_bytes"), doc.get("file_size_mb"))
+        size = doc.get("file_size_bytes")
+        # derived from the bytes, so results written when this field was 2**20-byte units read right
+        return cls.of_bytes(None if size is None else int(size))
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,10 @@ class PerturbationResult:
     replay_latency: LatencyStats | None = None
     latency_ratio: float | None = None
     memory: MemoryStats | None = None
+    delta_max_norm: float | None = None
+    """The artifact's largest delta in its own norm, measured (the declared budget is `eps`)."""
+    over_budget: bool = False
+    """Some delta exceeds the declared eps (replayed only with --allow-over-budget)."""
 
     @property
     def label(self) -> str:
@@ -217,6 +223,8 @@ class PerturbationResult:
             "replay_latency": _to(self.replay_latency),
             "latency_ratio": self.latency_ratio,
             "memory": _to(self.memory),
+            "delta_max_norm": self.delta_max_norm,
+            "over_budget": self.over_budget,
         }
 
     @classmethod
@@ -238,6 +246,8 @@ class PerturbationResult:
             replay_latency=_from(LatencyStats, doc.get("replay_latency")),
             latency_ratio=doc.get("latency_ratio"),
             memory=_from(MemoryStats, doc.get("memory")),
+            delta_max_norm=doc.get("delta_max_norm"),
+            over_budget=bool(doc.get("over_budget", False)),
         )
 
 
@@ -333,7 +343,7 @@ class EvaluationResult:
         target = Path(path)
         if target.is_dir():
             engine_name = Path(str(self.engine.get("source", "engine"))).stem or "engine"
-            target = target / f"{engine_name}__{self.dataset.name}-{self.dataset.split}.json"
+            target = target / f"{engine_name}__{file_label(self.dataset.name)}-{file_label(self.dataset.split)}.json"
         return write_new_file(target, self.to_json().encode("utf-8"))
 
     def rows(self) -> list[dict[str, Any]]:
@@ -350,7 +360,7 @@ class EvaluationResult:
             "latency_median_ms": None if self.latency is None else self.latency.median_ms,
             "throughput_ips": None if self.latency is None else self.latency.throughput_ips,
             "batch_size": None if self.latency is None else self.latency.batch_size,
-            "peak_rss_delta_mb": None if self.memory is None else self.memory.peak_rss_delta_mb,
+            "peak_rss_delta_mib": None if self.memory is None else self.memory.peak_rss_delta_mib,
             "model_size_mb": self.model_size.file_size_mb,
             "created": self.created,
         }

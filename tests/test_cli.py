@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_torch_line import make_blocker_dir, run_without_torch
+from test_zoo import BAD_CHECKPOINTS, _write_bad_checkpoint
 from typer.testing import CliRunner
 
 from edgeattack.cli.app import app
@@ -198,3 +199,55 @@ def test_models_details_adds_size_and_gflops():
     result = invoke("models", "vit_tiny_digits*", "--details")
     assert result.exit_code == 0, result.output
     assert "GFLOPs" in result.output and "0.048" in result.output
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("kind", ["empty.pth", "truncated-zip.pth", "text.pth", "truncated.safetensors", "no-tensors.pth"])
+def test_export_with_a_bad_checkpoint_exits_2_and_writes_nothing(kind: str, tmp_path: Path):
+    """Issue 12: an empty .pth gave `IndexError: list index out of range` (exit 1)."""
+    checkpoint = _write_bad_checkpoint(kind, tmp_path)
+    out = tmp_path / "x.onnx"
+    result = invoke("export", "vit_tiny_digits", "--checkpoint", checkpoint, "-o", out)
+    assert result.exit_code == 2, result.output
+    assert_one_line_error(result, str(checkpoint), BAD_CHECKPOINTS[kind])
+    assert len(error_lines(result)) == 1 and "IndexError" not in result.output
+    assert not out.exists() and not list(tmp_path.glob("x.onnx*"))
+
+
+def _digit_pngs(root: Path, classes: tuple[str, ...], per_class: int = 2) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_cli_split_typo_on_a_split_root_lists_the_splits(tmp_path: Path):
+    _digit_pngs(tmp_path / "data" / "val", ("3", "7"))
+    _digit_pngs(tmp_path / "data" / "train", ("3", "7"))
+    result = invoke(
+        "evaluate", "--engine", "vit_tiny_digits", "--data", tmp_path / "data", "--split", "vall", "--no-latency",
+        "-o", tmp_path / "r",
+    )
+    assert result.exit_code == 2, result.output
+    assert_one_line_error(result, "split 'vall'", "train, val", "did you mean: val")
+
+
+def test_cli_folder_classes_are_mapped_to_the_engine_labels(tmp_path: Path):
+    """A folder of digits 3 and 7 keeps labels 3 and 7 (the model's), not 0 and 1; unknown names are refused."""
+    root = _digit_pngs(tmp_path / "digits-3-7", ("3", "7"))
+    result = invoke("evaluate", "--engine", "vit_tiny_digits", "--data", root, "--no-latency", "-o", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert "whole folder" in result.output  # the default split on a plain class folder says what it used
+    doc = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
+    assert doc["dataset"]["split"] == "all"
+    pets = _digit_pngs(tmp_path / "pets", ("cat", "dog"))
+    refused = invoke("evaluate", "--engine", "vit_tiny_digits", "--data", pets, "--no-latency", "-o", tmp_path / "r2")
+    assert refused.exit_code == 2, refused.output
+    assert_one_line_error(refused, "2 class folders", "10 classes without names")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -20,6 +21,17 @@ def test_demo_runs_the_quickstart_and_writes_the_report(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     plan = build_plan(load_config("quickstart"))
     assert f"{len(plan)} cells: {len(plan)} ran" in result.output
+    # a short summary: one line per finished cell (no terminal here), the run summary, the report, one note
+    lines = result.output.splitlines()
+    cell_lines = [line for line in lines if re.match(r"quickstart: (done|failed|skipped) \S+: \d+/\d+ \(\d+ s\)$", line)]
+    assert len(cell_lines) == len(plan)
+    assert not [line for line in lines if "WARNING:root" in line or "Axis 1 is out-of-range" in line]
+    assert not [line for line in lines if line.startswith("warning:")], "the cells' warnings are in the log"
+    notes = [line for line in lines if line.startswith("note: ")]
+    assert len(notes) == 1 and notes[0].endswith(f"full log: {out / 'run.log'}")
+    assert len(lines) <= len(plan) + 4, "\n".join(lines)
+    log = (out / "run.log").read_text()
+    assert " WARNING " in log and "[export/" in log, "third-party and cell warnings are filed, tagged with their cell"
     with ExperimentStore(out) as store:
         records = {r.id: r for r in store.records()}
     assert set(records) == set(plan.cells) and all(r.status == "done" for r in records.values())
@@ -36,3 +48,4 @@ def test_demo_runs_the_quickstart_and_writes_the_report(tmp_path: Path) -> None:
     assert len(transfer) == 20 * 20  # every PGD/UAP perturbation on every engine of every model
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--limit", "24", *settings], catch_exceptions=False)
     assert again.exit_code == 0 and f"0 ran, {len(plan)} already finished" in again.output
+    assert not [line for line in again.output.splitlines() if line.startswith("quickstart: ")], "cached cells print nothing"

@@ -44,12 +44,14 @@ def make_artifact(
     split: str = "test",
     dataset: str = "digits",
     params: dict | None = None,
+    eps: float | None = None,
 ) -> PerturbationArtifact:
+    """An artifact of `delta`, declaring eps = its largest L-inf delta unless `eps` is given."""
     meta = ArtifactMeta(
         kind=kind,
         method="random",
         norm="linf",
-        eps=8 / 255,
+        eps=float(np.abs(delta).max()) if eps is None else eps,
         input_size=tuple(delta.shape[1:]),
         dataset=dataset,
         split=split,
@@ -184,9 +186,9 @@ def test_engine_opened_from_a_path_with_latency_and_memory(onnx_path, dataset):
     lat = result.latency
     assert lat is not None and lat.batch_size == 8 and lat.runs >= 3 and lat.warmup_runs >= 10
     assert lat.throughput_ips > 0 and lat.device_compute_ms is None
-    assert result.memory is not None and result.memory.baseline_rss_mb is not None
+    assert result.memory is not None and result.memory.baseline_rss_mib is not None
     assert result.model_size.file_size_bytes == onnx_path.stat().st_size
-    assert result.model_size.file_size_mb == pytest.approx(onnx_path.stat().st_size / 2**20)
+    assert result.model_size.file_size_mb == pytest.approx(onnx_path.stat().st_size / 1e6)  # MB = 10**6 B
     assert result.engine["providers"] == ["CPUExecutionProvider"]
     assert result.engine["backend"] == "onnxruntime"
 
@@ -275,7 +277,7 @@ def test_result_json_round_trip(result, tmp_path):
     assert path == tmp_path / "result.json"
     doc = json.loads(path.read_text())
     assert doc["schema_version"] == results.SCHEMA_VERSION and doc["kind"] == "evaluation"
-    for name in ("clean_acc", "adv_acc", "asr", "fooling_rate", "latency", "peak_rss_delta_mb"):
+    for name in ("clean_acc", "adv_acc", "asr", "fooling_rate", "latency", "peak_rss_delta_mib"):
         assert name in doc["definitions"]
     loaded = results.load(path)
     assert loaded.to_dict() == result.to_dict()

@@ -1,4 +1,5 @@
-"""The analytic ViT FLOP count (one multiply-add = one FLOP) against the published figures.
+"""The analytic ViT FLOP count (one multiply-add = one FLOP) against the published figures, and
+against an independent count: torch's FlopCounterMode on real forward passes (end of the file).
 
 What the count gives (GFLOPs, one 224x224 image):
 
@@ -210,3 +211,157 @@ def test_size_units_and_ls_style() -> None:
     assert human_size(512) == "512" and human_size(1024) == "1.0K" and human_size(10 * MIB) == "10M"
     with pytest.raises(ValueError):
         human_size(-1)
+
+
+# an independent count: torch's FlopCounterMode on real forward passes ---------------------------
+#
+# FlopCounterMode counts the matmul-like aten ops (mm, addmm, bmm, convolution, ...) at 2 FLOPs per
+# multiply-add, so half its total is in the project's convention. The analytic count covers exactly
+# those ops (element-wise ones, softmax, LayerNorm, GELU, are left out by both), so for plain ViTs,
+# distilled ViTs and DynamicViT at a fixed keep ratio the two agree to the FLOP: the tolerance is
+# float rounding only (rel 1e-9). timm's fused attention (F.scaled_dot_product_attention) must be
+# off: on the CPU the counter does not see inside it and misses q @ k^T and attn @ v (DeiT-Ti:
+# 1.075 instead of 1.254 G).
+
+EXACT = 1e-9  # relative: the counts are integers held in floats
+
+
+def _unfuse_attention(model: object) -> int:
+    """Turn timm's fused attention off in every attention module; how many were switched."""
+    switched = 0
+    for module in model.modules():  # type: ignore[attr-defined]
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+            switched += 1
+    return switched
+
+
+def counted_flops(run: object, *inputs: object) -> tuple[float, dict[str, float]]:
+    """(multiply-adds of `run(*inputs)` per FlopCounterMode, the same by aten op)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        run(*inputs)  # type: ignore[operator]
+    by_op = {str(op): flops / 2 for op, flops in counter.get_flop_counts()["Global"].items()}
+    return counter.get_total_flops() / 2, by_op
+
+
+@pytest.mark.parametrize(
+    "name", ["vit_tiny_digits", "deit_tiny_digits_distilled", "dynamicvit_tiny_digits_r07", "minivit_tiny_digits"]
+)
+def test_zoo_digits_models_match_an_independent_count(name: str) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    from edgeattack.zoo import create_model
+    from edgeattack.zoo.profile import flops_of
+
+    model = create_model(name, pretrained=False).eval()
+    _unfuse_attention(model)
+    counted, by_op = counted_flops(model, torch.rand(1, *model.config.input_size))
+    assert "aten.bmm" in by_op  # the attention matmuls were seen
+    assert flops_of(model).total == pytest.approx(counted, rel=EXACT)
+
+
+def test_digits_vit_independent_count_matches_the_recorded_figure() -> None:
+    """`edgeattack models --details` prints 0.048 GFLOPs for vit_tiny_digits: 48,293,952 multiply-adds."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    from edgeattack.zoo import create_model
+
+    model = create_model("vit_tiny_digits").eval()
+    _unfuse_attention(model)
+    counted, _ = counted_flops(model, torch.rand(1, 3, 32, 32))
+    arch = VitArch(32, 4, 3, 96, 6, 3, num_classes=10)
+    assert vit_flops(arch).total == counted == 48_293_952
+
+
+@pytest.mark.parametrize(
+    ("timm_name", "arch"),
+    [
+        ("deit_tiny_patch16_224", DEIT_TINY),
+        ("deit_small_patch16_224", DEIT_SMALL),
+        ("deit_tiny_distilled_patch16_224", dataclasses.replace(DEIT_TINY, num_prefix_tokens=2, num_heads_out=2)),
+    ],
+)
+def test_timm_deit_at_224_matches_an_independent_count(timm_name: str, arch: VitArch) -> None:
+    """DeiT-Ti / S at 224 with random weights: FlopCounterMode/2 equals `vit_flops` (1.254 / 4.599 G)."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(timm_name, pretrained=False).eval()
+    assert _unfuse_attention(model) == arch.depth
+    counted, by_op = counted_flops(model, torch.rand(1, 3, 224, 224))
+    assert vit_flops(arch).total == pytest.approx(counted, rel=EXACT)
+    assert by_op["aten.bmm"] == pytest.approx(vit_flops(arch).attn_scores + vit_flops(arch).attn_values, rel=EXACT)
+    if timm_name == "deit_small_patch16_224":
+        assert counted / 1e9 == pytest.approx(4.599, abs=1e-3)  # DeiT's 4.6 G, counted by torch
+
+
+def test_fused_attention_hides_the_attention_matmuls_from_the_counter() -> None:
+    """Why the tests above switch fused attention off: with it on, the counter misses 2 N^2 C per block."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
+    if not any(getattr(m, "fused_attn", False) for m in model.modules()):
+        pytest.skip("this timm/torch does not fuse attention")
+    fused, by_op = counted_flops(model, torch.rand(1, 3, 224, 224))
+    if "aten.bmm" in by_op or fused == pytest.approx(vit_flops(DEIT_TINY).total, rel=EXACT):
+        pytest.skip("this torch counts inside scaled_dot_product_attention")
+    dense = vit_flops(DEIT_TINY)
+    assert fused == pytest.approx(dense.total - dense.attn_scores - dense.attn_values, rel=EXACT)
+
+
+def test_dynamicvit_deit_small_at_224_matches_a_dense_vit_on_the_kept_tokens() -> None:
+    """DynamicViT-S rho 0.7: the pruned model's counted FLOPs = the published-convention 2.981 G, and its
+    backbone part = a dense DeiT-S whose blocks each run on the kept number of tokens (137/96/67 + cls)."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    from edgeattack.zoo import create_model
+    from edgeattack.zoo.profile import flops_of
+
+    model = create_model("dynamicvit_deit_small_patch16_224_r07", pretrained=False).eval()
+    _unfuse_attention(model)
+    counted, _ = counted_flops(model, torch.rand(1, 3, 224, 224))
+    assert flops_of(model).total == pytest.approx(counted, rel=EXACT)
+    assert dynamicvit_flops(DEIT_SMALL, 0.7).total == pytest.approx(counted, rel=EXACT)
+
+    # the backbone alone, independently: run each block of a dense DeiT-S on the kept tokens
+    dense = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
+    _unfuse_attention(dense)
+    schedule = dynamicvit_keep_schedule(12, 0.7, 196)
+
+    def blocks_on_kept_tokens(images: object) -> None:
+        dense.patch_embed(images)
+        for block, tokens in zip(dense.blocks, schedule, strict=True):
+            block(torch.rand(1, tokens, 384))
+        dense.head(torch.rand(1, 384))
+
+    backbone, _ = counted_flops(blocks_on_kept_tokens, torch.rand(1, 3, 224, 224))
+    assert dynamicvit_flops(DEIT_SMALL, 0.7, include_predictors=False).total == pytest.approx(backbone, rel=EXACT)
+
+
+def test_ats_token_counts_give_the_independently_counted_flops() -> None:
+    """ATS keeps a data-dependent number of tokens; `gflops_from_counts(sampled_in_attention=True)` on
+    the counts it reports matches the counter within 0.1 %. The gap is the sampler's own class-attention
+    row, q_cls @ k^T (n C per ATS block for the n tokens entering it), which the per-block count leaves
+    out by definition (DESIGN.md: GFLOPs from the per-block token counts)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    from edgeattack.metrics.tokens import TokenArch, gflops_from_counts
+    from edgeattack.zoo import create_model
+    from edgeattack.zoo.profile import arch_of
+
+    model = create_model("ats_tiny_digits", pretrained=False).eval()
+    _unfuse_attention(model)
+    image = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        _, counts = model.forward_counts(image)
+    assert counts.min() < 65  # tokens were really dropped
+    counted, _ = counted_flops(model.forward_counts, image)
+    arch = TokenArch.from_vit_arch(arch_of(model))
+    ours = float(gflops_from_counts(counts.numpy(), arch, sampled_in_attention=True).per_image[0]) * 1e9
+    assert ours == pytest.approx(counted, rel=1e-3)
+    entering = [65, *counts[0, :-1].tolist()]
+    sampler_rows = sum(entering[b] * 96 for b in model.net.stages)
+    assert ours + sampler_rows == pytest.approx(counted, rel=EXACT)

@@ -2,9 +2,10 @@
 
 Jetson and RAPL read fake sysfs trees written under tmp_path (the layouts of JetPack 4's
 `ina3221x` IIO driver, JetPack 5/6's `ina3221` hwmon driver and the powercap `intel-rapl` tree).
-NVML is a fake module with pynvml's function names that answers from a timestamped trace, shaped
-like an H100's answers (an idle ~70 W, a busy ~350 W; energy counter in mJ since driver load); no
-GPU was available to record one. A fake clock drives the windows; sampling threads are off
+NVML is a fake module with pynvml's function names that answers from a timestamped trace written
+by hand, shaped like an H100's answers (an idle ~70 W, a busy ~350 W; energy counter in mJ since
+driver load): synthetic, not recorded from a GPU (none was available). A second fake lists three
+GPUs whose NVML (PCI) order differs from CUDA's fastest-first order, for the CUDA -> NVML mapping. A fake clock drives the windows; sampling threads are off
 (`interval_s=None`, samples taken by hand) except in one short real-time test.
 """
 
@@ -400,7 +401,7 @@ def test_nvml_energy_counter_idle_memory_and_clocks():
     assert reading.energy_per_inference_j == pytest.approx(0.697)
     assert reading.active_energy_per_inference_j == pytest.approx(0.557)
     assert reading.energy_domains == ("gpu0",)
-    assert (reading.peak_memory_mb, reading.memory_delta_mb) == (9728.0, 512.0)
+    assert (reading.peak_memory_mib, reading.memory_delta_mib) == (9728.0, 512.0)
     assert reading.device["name"] == "NVIDIA H100 80GB HBM3"
     assert reading.device["clocks_mhz_start"] == {"sm": 1980, "memory": 2619}
     assert fake.inits == fake.shutdowns == 2
@@ -512,9 +513,9 @@ def test_process_memory_meter_reports_peak_rss():
     reading = meter.reading
     assert reading.kind == "memory" and reading.energy_j is None and reading.reason
     if reading.memory_method == "process resident set (vmhwm)":
-        assert reading.memory_delta_mb >= size_mb * 0.9
+        assert reading.memory_delta_mib >= size_mb * 0.9
     else:
-        assert reading.memory_delta_mb is None or reading.memory_delta_mb >= 0
+        assert reading.memory_delta_mib is None or reading.memory_delta_mib >= 0
 
 
 # select_meter, available_meters --------------------------------------------------------------
@@ -591,3 +592,202 @@ def _touch_fresh_pages(size_mb: int) -> None:
     with mmap.mmap(-1, size) as region:
         for offset in range(0, size, mmap.PAGESIZE):
             region[offset] = 1
+
+
+# A failed window never lends its meter's name -----------------------------------------------
+
+
+def test_energy_summary_of_a_failed_window_names_no_meter():
+    clock = FakeClock(0.0)
+    meter = NvmlMeter(nvml=FakeNvml(clock, lost_at=3.0), interval_s=None, clock=clock)
+    reading = nvml_window(meter, clock, 2.0, 4.0, inferences=10)
+    summary = energy_summary(reading, gflops_per_inference=0.5)
+    assert summary["measured_mj"] is None and summary["meter"] is None and summary["measured_method"] is None
+    assert "GPU is lost" in summary["reason"]
+    assert summary["estimate_mj"] == pytest.approx(0.5e9 * 4.6e-12 * 1e3)  # beside it, labelled, not in its place
+    assert summary["measurement"]["meter"] == "nvml" and summary["measurement"]["energy_j"] is None
+
+
+# CUDA device -> NVML device ------------------------------------------------------------------
+
+# NVML lists GPUs in PCI order; CUDA's default order is fastest first. Here the fastest GPU (an H100 at
+# 86:00.0) is CUDA device 0 but NVML index 2. Each GPU has its own power, so a reading says which was read.
+GPUS = [  # (NVML index, UUID, PCI bus id as NVML writes it, watts)
+    (0, "GPU-aaaaaaaa-0000-0000-0000-000000000000", "00000000:18:00.0", 100.0),
+    (1, "GPU-bbbbbbbb-0000-0000-0000-000000000000", "00000000:3B:00.0", 200.0),
+    (2, "GPU-cccccccc-0000-0000-0000-000000000000", "00000000:86:00.0", 300.0),
+]
+
+
+class FakeMultiNvml:
+    """pynvml's names over several GPUs: handles by index, UUID or PCI bus id; a constant power per GPU."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM = 1, 2
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, clock, gpus=GPUS):
+        self.clock, self.gpus = clock, gpus
+        self.lookups: list[tuple[str, str]] = []
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        self.lookups.append(("index", str(index)))
+        return self.gpus[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        self.lookups.append(("uuid", uuid))
+        return next(g for g in self.gpus if g[1] == uuid)
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus):
+        self.lookups.append(("pci", bus))
+        for gpu in self.gpus:
+            if gpu[2].lower() == bus.lower():
+                return gpu
+        raise self.NVMLError("Not Found")
+
+    def nvmlDeviceGetUUID(self, handle):
+        return handle[1]
+
+    def nvmlDeviceGetPciInfo(self, handle):
+        return SimpleNamespace(busId=handle[2].encode())  # older pynvml returns bytes
+
+    def nvmlDeviceGetName(self, handle):
+        return f"GPU {handle[0]}"
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        return int(handle[3] * self.clock() * 1000)  # mJ: the GPU's watts since t=0
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return int(handle[3] * 1000)
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(total=2**34, used=2**30, free=2**34 - 2**30)
+
+    def nvmlDeviceGetClockInfo(self, handle, kind):
+        return 1000
+
+
+def _watts_read(meter: NvmlMeter, clock: FakeClock) -> float:
+    reading = nvml_window(meter, clock, 1.0, 2.0)
+    assert reading.measured, reading.reason
+    return reading.energy_j
+
+
+def test_cuda_device_maps_to_nvml_by_pci_bus_id_from_cuda():
+    clock = FakeClock(0.0)
+    fake = FakeMultiNvml(clock)
+    cuda = {0: "0000:86:00.0", 1: "0000:18:00.0"}  # what cudaDeviceGetPCIBusId answers (fastest first)
+    env = {"CUDA_VISIBLE_DEVICES": "2,0"}
+    meter = NvmlMeter(cuda_device=0, nvml=fake, cuda_lookup=cuda.get, environ=env, interval_s=None, clock=clock)
+    assert _watts_read(meter, clock) == pytest.approx(300.0)  # the H100 at 86:00.0, NVML index 2, not index 0
+    assert ("pci", "00000000:86:00.0") in fake.lookups and ("index", "0") not in fake.lookups
+    assert meter.reading.device["pci_bus_id"] == "00000000:86:00.0" and meter.reading.energy_domains == ("gpu0",)
+    meter = NvmlMeter(cuda_device=1, nvml=fake, cuda_lookup=cuda.get, environ=env, interval_s=None, clock=clock)
+    assert _watts_read(meter, clock) == pytest.approx(100.0)  # CUDA 1 is NVML 0 here
+
+
+def test_cuda_visible_devices_parsed_when_cuda_cannot_say():
+    clock = FakeClock(0.0)
+    fake = FakeMultiNvml(clock)
+
+    def watts(cuda_device, env):
+        return _watts_read(NvmlMeter(cuda_device=cuda_device, nvml=fake, cuda_lookup=None, environ=env,
+                                     interval_s=None, clock=clock), clock)
+
+    pci_order = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "2,0"}
+    assert watts(0, pci_order) == pytest.approx(300.0)  # physical 2 in PCI order: 86:00.0
+    assert watts(1, pci_order) == pytest.approx(100.0)
+    assert watts(0, {"CUDA_VISIBLE_DEVICES": "GPU-bbbb"}) == pytest.approx(200.0)  # a UUID prefix, as CUDA takes
+    assert watts(1, {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}) == pytest.approx(200.0)  # all visible, PCI order
+    # Fastest first (CUDA's default) with several GPUs: no way to tell from NVML alone -> no energy, and why.
+    ok, why = NvmlMeter.available(cuda_device=1, nvml=fake, cuda_lookup=None, environ={})
+    assert not ok and "fastest first" in why and "CUDA_DEVICE_ORDER=PCI_BUS_ID" in why
+    meter = NvmlMeter(cuda_device=1, nvml=fake, cuda_lookup=None, environ={}, interval_s=None, clock=clock)
+    reading = nvml_window(meter, clock, 1.0, 2.0)
+    assert reading.energy_j is None and "cannot tell which NVML GPU is CUDA device 1" in reading.reason
+    ok, why = NvmlMeter.available(cuda_device=2, nvml=fake, cuda_lookup=None, environ={"CUDA_VISIBLE_DEVICES": "1,0"})
+    assert not ok and "not visible" in why
+    ok, why = NvmlMeter.available(cuda_device=0, nvml=fake, cuda_lookup=None, environ={"CUDA_VISIBLE_DEVICES": "MIG-1"})
+    assert not ok and "MIG" in why
+
+
+def test_select_meter_maps_cuda_n_and_pci_bus_ids(tmp_path):
+    clock = FakeClock(0.0)
+    fake = FakeMultiNvml(clock)
+    meter = select_meter("auto", device="cuda:1", nvml=fake, root=tmp_path, environ={"CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
+                         cuda_lookup=None)
+    assert isinstance(meter, NvmlMeter) and meter.target.cuda_device == 1
+    by_bus = select_meter("nvml", device="cuda:0", pci_bus_id="0000:3b:00.0", nvml=fake, cuda_lookup=None)
+    assert by_bus.target.pci_bus_id == "00000000:3b:00.0"
+    unknown = select_meter("auto", device="cuda:1", nvml=fake, root=tmp_path, environ={}, cuda_lookup=None)
+    assert isinstance(unknown, NoMeter) and "fastest first" in unknown.reason  # never NVML index 1 by assumption
+    assert select_meter("auto", device="gpu", nvml=FakeNvml(clock), root=tmp_path).target.cuda_device == 0
+    with pytest.raises(ConfigError, match="unknown device"):
+        select_meter("auto", device="cuda:x")
+
+
+def test_pci_bus_id_forms_and_the_only_gpu():
+    from edgeattack.metrics.energy.gpu_map import normalise_pci_bus_id, nvml_handle_for_cuda_device
+
+    assert normalise_pci_bus_id("0000:3B:00.0") == normalise_pci_bus_id(b"00000000:3b:00.0\0") == "00000000:3b:00.0"
+    assert normalise_pci_bus_id("3b:00.0") == "00000000:3b:00.0"
+    clock = FakeClock(0.0)
+    # One GPU: CUDA device 0 is it, whatever CUDA_VISIBLE_DEVICES says, and CUDA is not even asked.
+    handle, how = nvml_handle_for_cuda_device(FakeNvml(clock), 0, environ={"CUDA_VISIBLE_DEVICES": "GPU-x"},
+                                              cuda_lookup=lambda i: pytest.fail("asked CUDA"))
+    assert handle == "handle-0" and how["how"] == "the only GPU NVML sees"
+
+
+# where the engine runs -----------------------------------------------------------------------
+
+
+class _Engine:
+    def __init__(self, backend, providers, options=None, device=None):
+        self.backend, self._providers, self.device = backend, providers, device
+        self.session = SimpleNamespace(get_provider_options=lambda: options or {})
+
+    @property
+    def providers(self):
+        return self._providers
+
+
+def test_engine_device_follows_the_providers_in_use():
+    from edgeattack.engines.cuda_buffers import DeviceInfo
+    from edgeattack.metrics.energy import engine_device, resolve_device
+
+    cuda1 = _Engine("onnxruntime", ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                    {"CUDAExecutionProvider": {"device_id": "1"}, "CPUExecutionProvider": {}})
+    assert engine_device(cuda1).spec == "cuda:1"
+    trt_ep = _Engine("onnxruntime", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert engine_device(trt_ep).spec == "cuda:0"
+    fell_back = _Engine("onnxruntime", ["CPUExecutionProvider"])  # asked for CUDA, runs on the CPU
+    assert engine_device(fell_back).spec == "cpu"
+    plan = _Engine("tensorrt", ["TensorRT 10.3.0", "GPU"],
+                   device=DeviceInfo("NVIDIA H100", "9.0", index=1, pci_bus_id="0000:86:00.0"))
+    found = engine_device(plan)
+    assert (found.spec, found.pci_bus_id) == ("cuda:1", "0000:86:00.0")
+    assert engine_device(_Engine("torch", ["torch:cuda:1"])).spec == "cuda:1"
+    assert resolve_device(plan, None) == found and resolve_device(plan, "auto") == found
+    assert resolve_device(plan, "cuda").spec == "cuda:1"
+    with pytest.warns(RuntimeWarning, match="contradicts the engine, which runs on cuda:1"):
+        assert resolve_device(plan, "cpu").spec == "cpu"
+    with pytest.warns(RuntimeWarning, match="contradicts"):
+        assert resolve_device(plan, "cuda:0").pci_bus_id is None  # not the engine's GPU: its bus id does not apply
+    with pytest.warns(RuntimeWarning, match="runs on cpu"):
+        resolve_device(fell_back, "cuda")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_device(plan, "jetson").spec == "jetson"  # the board's rails fit any engine on it
+        assert resolve_device(fell_back, "cpu").spec == "cpu"

@@ -205,12 +205,12 @@ def test_peak_memory_sees_an_allocation_of_known_size():
     with PeakMemory() as peak:
         _touch_fresh_pages(size_mb)
     assert peak.result.method == "vmhwm"
-    assert peak.peak_rss_delta_mb is not None
-    assert peak.peak_rss_delta_mb >= size_mb * 0.9
+    assert peak.peak_rss_delta_mib is not None
+    assert peak.peak_rss_delta_mib >= size_mb * 0.9
     # The mark is reset: a later empty block does not see the earlier allocation.
     with PeakMemory() as empty:
         pass
-    assert empty.peak_rss_delta_mb is not None and empty.peak_rss_delta_mb < size_mb * 0.5
+    assert empty.peak_rss_delta_mib is not None and empty.peak_rss_delta_mib < size_mb * 0.5
 
 
 def test_peak_memory_fallback_reports_none_with_a_reason(monkeypatch):
@@ -218,7 +218,7 @@ def test_peak_memory_fallback_reports_none_with_a_reason(monkeypatch):
     with PeakMemory() as peak:
         pass  # the lifetime peak cannot rise here, so the block's own peak is unknown
     assert peak.result.method == "ru_maxrss"
-    assert peak.peak_rss_delta_mb is None
+    assert peak.peak_rss_delta_mib is None
     assert peak.reason and "clear_refs" in peak.reason
 
 

@@ -90,8 +90,8 @@ ALL_LINES = [NANO, NANO_OFF_CORES, TX2, TX2_OFF_CORES, XAVIER_NX, AGX_XAVIER, AG
 
 def test_nano_bare_rails_iram_and_engines():
     p = parse_tegrastats_line(NANO)
-    assert (p["ram_used_mb"], p["ram_total_mb"], p["ram_lfb_blocks"], p["ram_lfb_block_mb"]) == (1180, 3965, 1, 2)
-    assert (p["swap_used_mb"], p["swap_total_mb"], p["swap_cached_mb"]) == (149, 1024, 7)
+    assert (p["ram_used_mib"], p["ram_total_mib"], p["ram_lfb_blocks"], p["ram_lfb_block_mib"]) == (1180, 3965, 1, 2)
+    assert (p["swap_used_mib"], p["swap_total_mib"], p["swap_cached_mib"]) == (149, 1024, 7)
     assert (p["iram_used_kb"], p["iram_total_kb"]) == (0, 252)
     assert p["cpu"] == [{"load_pct": x, "freq_mhz": 1036} for x in (30, 33, 28, 26)]
     assert p["cpu_load_pct"] == pytest.approx(29.25)
@@ -121,7 +121,7 @@ def test_parked_cores_are_none_and_excluded_from_the_mean():
 
 def test_tx2_vdd_in_is_the_total_wherever_it_appears():
     p = parse_tegrastats_line(TX2)
-    assert "swap_used_mb" not in p  # L4T 28 printed no SWAP field
+    assert "swap_used_mib" not in p  # L4T 28 printed no SWAP field
     assert (p["mts_fg_pct"], p["mts_bg_pct"]) == (0, 0)
     assert set(p["rails"]) == {"VDD_SYS_GPU", "VDD_SYS_SOC", "VDD_4V0_WIFI", "VDD_IN", "VDD_SYS_CPU", "VDD_SYS_DDR"}
     assert p["board_power_mw"] == 1876
@@ -146,13 +146,13 @@ def test_agx_xavier_rails_named_like_the_cpu_field_and_summed():
     # No input rail on AGX Xavier: the module's power is the sum of its rails.
     assert p["board_power_mw"] == 467 + 467 + 1245 + 0 + 311 + 2768
     assert p["board_power_source"].startswith("sum of all rails")
-    assert p["temperatures_c"]["cpu"] == 36.5 and "ram_used_mb" not in p
+    assert p["temperatures_c"]["cpu"] == 36.5 and "ram_used_mib" not in p
 
 
 def test_agx_orin_two_gpcs_dla_and_rails():
     p = parse_tegrastats_line(AGX_ORIN)
     assert p["timestamp"] == "11-21-2025 08:49:48"
-    assert (p["ram_used_mb"], p["ram_total_mb"]) == (13983, 62780)
+    assert (p["ram_used_mib"], p["ram_total_mib"]) == (13983, 62780)
     assert len(p["cpu"]) == 12 and p["cpu_load_pct"] == pytest.approx((90 + 11 * 100) / 12)
     assert (p["gpu_load_pct"], p["gpu_freq_mhz"]) == (14, [407, 407])
     assert p["engines_mhz"] == {"VIC": 115, "NVDLA0": 1600, "APE": 174}
@@ -197,7 +197,7 @@ def test_synthetic_variants_from_the_documented_formats():
     # NVIDIA documents the older "CPU [X%,Y%]@Z" form (one frequency for the cluster); a kB lfb;
     # rails printed with mW but no running average.
     p = parse_tegrastats_line("RAM 4722/7844MB (lfb 1x512kB) CPU [12%,8%,off]@1190 VDD_IN 6848mW VDD_SOC 2637mW")
-    assert p["ram_lfb_block_mb"] == 0.5
+    assert p["ram_lfb_block_mib"] == 0.5
     assert p["cpu"] == [{"load_pct": 12, "freq_mhz": 1190}, {"load_pct": 8, "freq_mhz": 1190}, None]
     assert p["rails"]["VDD_IN"] == {"power_mw": 6848, "average_mw": None}
     assert p["board_power_mw"] == 6848

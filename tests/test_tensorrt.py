@@ -44,7 +44,7 @@ from edgeattack.export.tensorrt_build import (
     parse_sparse_report,
 )
 
-FAKE_GPU = DeviceInfo(name="NVIDIA Fake Orin", compute_capability="8.7", total_memory_mb=8192.0)
+FAKE_GPU = DeviceInfo(name="NVIDIA Fake Orin", compute_capability="8.7", total_memory_mib=8192.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -409,7 +409,7 @@ def fake_trt(monkeypatch):
     cuda = FakeCuda()
     trt.memory = cuda.memory
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(tensorrt_build, "_probe_device", lambda index: (cuda.device_info(), "fake-cuda"))
+    monkeypatch.setattr(tensorrt_build, "_open_device", lambda index: (cuda.device_info(), "fake-cuda", cuda))
     return trt, cuda
 
 
@@ -554,7 +554,7 @@ def test_qdq_graph_must_be_built_as_int8(tmp_path, onnx_models):
         ({"precision": "fp32", "sparse": True}, "fp16 or int8"),
         ({"min_batch": 4, "max_batch": 2}, "batch profile"),
         ({"opt_batch": 128, "max_batch": 64}, "batch profile"),
-        ({"workspace_mb": 0}, "workspace"),
+        ({"workspace_mib": 0}, "workspace"),
     ],
 )
 def test_bad_build_options(tmp_path, onnx_models, kwargs, message):
@@ -674,10 +674,25 @@ def test_fake_build_writes_plan_and_sidecar(tmp_path, fake_trt, onnx_models):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary file
 
 
+def _plan_flags(plan: Path) -> list[int]:
+    """The builder flags the fake TensorRT saw (they are in the fake plan's header)."""
+    data = plan.read_bytes()
+    size = int.from_bytes(data[8:12], "little")
+    return json.loads(data[12 : 12 + size])["flags"]
+
+
 def test_fake_build_int8_and_strong_typing(tmp_path, monkeypatch, fake_trt, onnx_models):
+    trt = fake_trt[0]
     build_tensorrt_engine(onnx_models["full"], tmp_path / "int8.plan", precision="int8")
     _, build = read_sidecar(tmp_path / "int8.plan")
-    assert build["build_flags"] == ["INT8"] and build["strongly_typed"] is False
+    # int8 + fp16 for the layers outside Q/DQ, as `trtexec --best`; the builder really got both flags
+    assert build["build_flags"] == ["INT8", "FP16"] and build["strongly_typed"] is False
+    assert build["int8_fp16"] is True
+    assert sorted(_plan_flags(tmp_path / "int8.plan")) == sorted([trt.BuilderFlag.INT8, trt.BuilderFlag.FP16])
+    build_tensorrt_engine(onnx_models["full"], tmp_path / "int8-fp32.plan", precision="int8", int8_fp16=False)
+    _, build = read_sidecar(tmp_path / "int8-fp32.plan")
+    assert build["build_flags"] == ["INT8"] and build["int8_fp16"] is False
+    assert _plan_flags(tmp_path / "int8-fp32.plan") == [trt.BuilderFlag.INT8]
     strong = make_fake_trt("11.0.0", strongly_typed=True)
     monkeypatch.setitem(sys.modules, "tensorrt", strong)
     with pytest.raises(ConfigError, match="fp16 ONNX"):
@@ -714,7 +729,7 @@ def test_fake_engine_token_counts_through_output_allocator(tmp_path, monkeypatch
     cuda = FakeCuda()
     trt.memory = cuda.memory
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(tensorrt_build, "_probe_device", lambda index: (FAKE_GPU, "fake-cuda"))
+    monkeypatch.setattr(tensorrt_build, "_open_device", lambda index: (FAKE_GPU, "fake-cuda", cuda))
     plan = _fake_plan(None, onnx_models["avit"], tmp_path, precision="fp32", max_batch=32)
     expected = _ort_outputs(onnx_models["avit"], images)
     with TensorRTEngine(plan, cuda=cuda) as engine:
@@ -983,3 +998,214 @@ def test_cuda_python_runtime_calls_against_a_fake_cudart():
     rt.cudaFree = lambda pointer: (Err(1),)
     with pytest.raises(EngineError, match="cudaFree failed: cudaErrorInvalidValue"):
         cuda.free(device)
+
+
+# ------------------------------------------------------------------------------------------------
+# the CUDA device is current when TensorRT builds and deserialises (pycuda, cuda-python)
+
+
+def make_fake_pycuda(log: list, count: int = 2) -> tuple[types.ModuleType, types.ModuleType]:
+    """`pycuda` and `pycuda.driver` with the calls PyCudaRuntime makes; contexts log push/pop and the device."""
+    package = types.ModuleType("pycuda")
+    package.VERSION_TEXT = "2024.1-fake"
+    driver = types.ModuleType("pycuda.driver")
+    stack: list[int] = []
+
+    class Context:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def push(self) -> None:
+            stack.append(self.index)
+            log.append(("push", self.index))
+
+        @staticmethod
+        def pop() -> None:
+            log.append(("pop", stack.pop()))
+
+    class Device:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        @staticmethod
+        def count() -> int:
+            return count
+
+        def retain_primary_context(self) -> Context:
+            log.append(("retain_primary_context", self.index))
+            return Context(self.index)
+
+        def make_context(self) -> Context:  # not used: TensorRT's runtime API works on the primary context
+            log.append(("make_context", self.index))
+            context = Context(self.index)
+            context.push()
+            return context
+
+        def compute_capability(self) -> tuple[int, int]:
+            return 8, 7
+
+        def name(self) -> str:
+            return FAKE_GPU.name
+
+        def total_memory(self) -> int:
+            return 8 * 2**30
+
+        def pci_bus_id(self) -> str:
+            return f"0000:0{self.index + 1}:00.0"
+
+    driver.init = lambda: None
+    driver.Device, driver.Context = Device, Context
+    driver.current = lambda: stack[-1] if stack else None
+    package.driver = driver
+    return package, driver
+
+
+@pytest.fixture
+def fake_pycuda(monkeypatch):
+    """cuda-python absent, a fake pycuda with two GPUs; returns (log, driver)."""
+    log: list = []
+    package, driver = make_fake_pycuda(log)
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "pycuda", package)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    return log, driver
+
+
+def test_build_and_deserialise_on_a_nonzero_pycuda_device(tmp_path, monkeypatch, fake_pycuda, onnx_models):
+    log, driver = fake_pycuda
+    trt = make_fake_trt()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+
+    class Builder(trt.Builder):  # what is current when TensorRT builds
+        def __init__(self, logger):
+            log.append(("builder", driver.current()))
+            super().__init__(logger)
+
+    class Runtime(trt.Runtime):
+        def deserialize_cuda_engine(self, data):
+            log.append(("deserialize", driver.current()))
+            return super().deserialize_cuda_engine(data)
+
+    monkeypatch.setattr(trt, "Builder", Builder)
+    monkeypatch.setattr(trt, "Runtime", Runtime)
+    plan = tmp_path / "vit.plan"
+    build_tensorrt_engine(onnx_models["fp32"], plan, precision="fp32", device_index=1)
+    assert log == [("retain_primary_context", 1), ("push", 1), ("builder", 1), ("pop", 1)]
+    _, build = read_sidecar(plan)
+    assert build["device"]["index"] == 1 and build["device"]["pci_bus_id"] == "0000:02:00.0"
+    assert build["device_source"].startswith("pycuda")
+    log.clear()
+    engine = TensorRTEngine(plan, device_index=1)
+    assert log == [("retain_primary_context", 1), ("push", 1), ("deserialize", 1), ("pop", 1)]
+    assert engine.device.index == 1 and engine.device.pci_bus_id == "0000:02:00.0"
+    from edgeattack.metrics.energy import engine_device
+
+    assert engine_device(engine).spec == "cuda:1" and engine_device(engine).pci_bus_id == "0000:02:00.0"
+
+
+def test_building_on_a_nonzero_device_without_a_cuda_library_is_refused(tmp_path, monkeypatch, onnx_models):
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt())
+    for name in ("cuda.bindings.runtime", "cuda.cudart", "pycuda.driver"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(MissingDependencyError, match="building on CUDA device 1 needs cuda-python or pycuda"):
+        build_tensorrt_engine(onnx_models["fp32"], tmp_path / "m.plan", precision="fp32", device_index=1)
+
+
+def test_cuda_python_runtime_makes_its_device_current_and_names_its_bus():
+    from edgeattack.engines.cuda_buffers import CudaPythonRuntime, current_device
+
+    class Err(int):
+        name = "cudaSuccess"
+
+    ok, calls, state = Err(0), [], {"device": 0}
+
+    def set_device(index):
+        calls.append(index)
+        state["device"] = index
+        return (ok,)
+
+    rt = types.SimpleNamespace(
+        cudaGetDeviceCount=lambda: (ok, 2),
+        cudaSetDevice=set_device,
+        cudaGetDevice=lambda: (ok, state["device"]),
+        cudaDeviceGetPCIBusId=lambda length, index: (ok, b"0000:86:00.0\0\0\0"),
+        cudaGetDeviceProperties=lambda index: (ok, types.SimpleNamespace(name=b"NVIDIA H100\0", totalGlobalMem=2**30)),
+        cudaDeviceAttr=types.SimpleNamespace(cudaDevAttrComputeCapabilityMajor="a", cudaDevAttrComputeCapabilityMinor="b"),
+        cudaDeviceGetAttribute=lambda attr, index: (ok, {"a": 9, "b": 0}[attr]),
+    )
+    cuda = CudaPythonRuntime(rt, 1)
+    assert cuda.device_info().pci_bus_id == "0000:86:00.0"
+    set_device(0)  # another engine made device 0 current meanwhile
+    calls.clear()
+    with current_device(cuda):
+        assert state["device"] == 1
+    assert calls == [1, 0] and state["device"] == 0  # restored
+
+
+# ------------------------------------------------------------------------------------------------
+# optimisation-profile shapes: feature detection, not swallowed errors
+
+
+class _ProfileEngine:
+    def __init__(self, shape, profile=None, error=None, has_getter=True):
+        self.shape, self.profile, self.error = shape, profile, error
+        if has_getter:
+            self.get_tensor_profile_shape = self._get
+
+    def get_tensor_shape(self, name):
+        return self.shape
+
+    def _get(self, name, index):
+        if self.error is not None:
+            raise self.error
+        return self.profile
+
+
+def test_profile_shapes_fall_back_only_where_the_api_lacks_the_call():
+    from edgeattack.engines.tensorrt_support import _tensor_profile_shapes
+
+    static = (8, 3, 32, 32)
+    assert _tensor_profile_shapes(_ProfileEngine(static, has_getter=False), "images") == (static, static, static)
+    dynamic = (-1, 3, 32, 32)
+    with pytest.raises(EngineError, match=r"'images' has dynamic shape .* no get_tensor_profile_shape"):
+        _tensor_profile_shapes(_ProfileEngine(dynamic, has_getter=False), "images")
+    shapes = [(1, 3, 32, 32), (8, 3, 32, 32), (64, 3, 32, 32)]
+    assert _tensor_profile_shapes(_ProfileEngine(dynamic, shapes), "images") == tuple(shapes)
+    assert _tensor_profile_shapes(_ProfileEngine(static, [(), (), ()]), "images") == (static, static, static)
+
+
+@pytest.mark.parametrize(
+    "engine, message",
+    [
+        (_ProfileEngine((-1, 3, 32, 32), error=RuntimeError("profile index 0 is out of range")),
+         r"optimisation profile 0 of TensorRT input tensor 'images'.*RuntimeError: profile index 0 is out of range"),
+        (_ProfileEngine((-1, 3, 32, 32), [(1, 3, 32, 32)]), "no usable optimisation profile for input tensor 'images'"),
+        (_ProfileEngine((-1, 3, 32, 32), [(), (), ()]), "no usable optimisation profile"),
+        (_ProfileEngine((-1, 3, 32, 32), None), "TensorRT returned None as the profile of input tensor 'images'"),
+    ],
+)
+def test_profile_shape_errors_name_the_tensor_and_the_cause(engine, message):
+    from edgeattack.engines.tensorrt_support import _tensor_profile_shapes
+
+    with pytest.raises(EngineError, match=message):
+        _tensor_profile_shapes(engine, "images")
+
+
+def test_a_failing_profile_call_is_an_engine_error_when_opening_a_plan(tmp_path, monkeypatch, fake_trt, onnx_models):
+    trt, cuda = fake_trt
+    plan = _fake_plan(fake_trt, onnx_models["fp32"], tmp_path, precision="fp32")
+
+    class Runtime(trt.Runtime):
+        def deserialize_cuda_engine(self, data):
+            engine = super().deserialize_cuda_engine(data)
+
+            def broken(name, index):
+                raise RuntimeError("invalid profile")
+
+            engine.get_tensor_profile_shape = broken
+            return engine
+
+    monkeypatch.setattr(trt, "Runtime", Runtime)
+    with pytest.raises(EngineError, match=r"input tensor 'images'.*RuntimeError: invalid profile"):
+        TensorRTEngine(plan, cuda=cuda)

@@ -106,3 +106,111 @@ def test_every_shipped_model_reproduces_its_manifest_accuracy(name: str):
     assert accuracy == pytest.approx(entry.metrics["test_acc"], abs=1e-6)
     assert accuracy >= 0.9
     assert entry.command.startswith("edgeattack ")
+
+
+# bad checkpoint files: one clear error naming the file, never an IndexError (issue 12) ------------
+
+
+def _digits_state() -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in create_model("vit_tiny_digits").net.state_dict().items()}
+
+
+def _write_bad_checkpoint(kind: str, folder: Path) -> Path:
+    """A checkpoint file that cannot be used, of the given kind."""
+    from safetensors.torch import save_file
+
+    if kind == "empty.pth":
+        path = folder / "empty.pth"
+        path.write_bytes(b"")
+    elif kind == "empty.safetensors":
+        path = folder / "empty.safetensors"
+        path.write_bytes(b"")
+    elif kind in ("truncated-zip.pth", "truncated-tiny.pth"):
+        whole = folder / "whole.pth"
+        torch.save(_digits_state(), whole)
+        data = whole.read_bytes()
+        path = folder / kind
+        path.write_bytes(data[: len(data) // 2] if kind == "truncated-zip.pth" else data[:100])
+    elif kind == "truncated-pickle.pth":
+        whole = folder / "legacy.pth"
+        torch.save(_digits_state(), whole, _use_new_zipfile_serialization=False)
+        data = whole.read_bytes()
+        path = folder / kind
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "text.pth":
+        path = folder / "text.pth"
+        path.write_text("this is a README, not a checkpoint\n")
+    elif kind == "truncated.safetensors":
+        whole = folder / "whole.safetensors"
+        save_file(_digits_state(), str(whole))
+        data = whole.read_bytes()
+        path = folder / kind
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "no-tensors.pth":
+        path = folder / kind
+        torch.save({"epoch": 3, "lr": 0.1}, path)
+    elif kind == "empty-dict.pth":
+        path = folder / kind
+        torch.save({"model": {}}, path)
+    elif kind == "empty-dict.safetensors":
+        path = folder / kind
+        save_file({}, str(path))
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+BAD_CHECKPOINTS = {
+    "empty.pth": "is empty (0 bytes)",
+    "empty.safetensors": "is empty (0 bytes)",
+    "truncated-zip.pth": "is truncated or corrupt",
+    "truncated-tiny.pth": "is truncated or corrupt",
+    "truncated-pickle.pth": "is truncated or corrupt",
+    "text.pth": "is not a checkpoint",
+    "truncated.safetensors": "is truncated or corrupt",
+    "no-tensors.pth": "holds no tensors",
+    "empty-dict.pth": "holds no tensors",
+    "empty-dict.safetensors": "holds no tensors",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_CHECKPOINTS))
+def test_bad_checkpoint_file_is_one_clear_error(kind: str, tmp_path: Path):
+    """Before issue 12 an empty .pth raised IndexError and a dict without tensors 'did not fit'."""
+    path = _write_bad_checkpoint(kind, tmp_path)
+    with pytest.raises(EdgeAttackError) as caught:
+        create_model("vit_tiny_digits", checkpoint=path)
+    message = str(caught.value)
+    assert str(path) in message and BAD_CHECKPOINTS[kind] in message
+    assert "\n" not in message
+
+
+def test_checkpoint_of_another_width_is_refused_not_a_runtime_error(tmp_path: Path):
+    state = _digits_state()
+    state["head.weight"] = torch.zeros(7, state["head.weight"].shape[1])
+    torch.save(state, tmp_path / "other-head.pth")
+    with pytest.raises(EdgeAttackError, match=r"does not fit vit_tiny_digits: size mismatch for head.weight"):
+        create_model("vit_tiny_digits", checkpoint=tmp_path / "other-head.pth")
+
+
+def test_renamed_safetensors_and_wrapped_pth_still_load(tmp_path: Path):
+    from safetensors.torch import save_file
+
+    state = _digits_state()
+    save_file(state, str(tmp_path / "weights.bin"))  # safetensors under another suffix: sniffed
+    torch.save({"model": state, "epoch": 300}, tmp_path / "deit-style.pth")
+    x = torch.rand(2, 3, 32, 32)
+    reference = create_model("vit_tiny_digits")
+    with torch.no_grad():
+        for name in ("weights.bin", "deit-style.pth"):
+            assert torch.equal(create_model("vit_tiny_digits", checkpoint=tmp_path / name)(x), reference(x)), name
+
+
+@pytest.mark.parametrize("kind", ["empty.pth", "truncated-zip.pth", "text.pth"])
+def test_bad_int8_model_file_is_one_clear_error(kind: str, tmp_path: Path):
+    from edgeattack.compress.int8_torch import load_int8_dynamic
+
+    path = _write_bad_checkpoint(kind, tmp_path)
+    with pytest.raises(EdgeAttackError, match="int8 model") as caught:
+        load_int8_dynamic(path)
+    assert str(path) in str(caught.value) and BAD_CHECKPOINTS[kind] in str(caught.value)

@@ -198,6 +198,7 @@ def create_bundle(
     for source in perturbations:
         path = Path(source)
         artifact = PerturbationArtifact.load(path)
+        artifact.check_budget(label=f"perturbation {path}")  # the board's replay would refuse it
         meta = artifact.meta
         if tuple(meta.input_size) != input_size:
             raise ArtifactError(

@@ -6,6 +6,7 @@ evaluation commands work on a board without torch.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,7 +26,8 @@ from edgeattack.cli import (
     run,
     train,
 )
-from edgeattack.cli.options import CliState, configure_logging
+from edgeattack.cli.options import CliState
+from edgeattack.logs import CommandLog
 
 app = typer.Typer(
     name="edgeattack",
@@ -44,15 +46,35 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each step does.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print every log record of each step.")] = False,
+    log_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--log-file",
+            help="Where warnings and log records go (default: $EDGEATTACK_LOG_FILE, else "
+            "~/.local/state/edgeattack/edgeattack.log; `run` and `demo` log into their store).",
+        ),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """edgeattack: compressed ViTs under attack, measured on the engines you deploy."""
+    """edgeattack: compressed ViTs under attack, measured on the engines you deploy.
+
+    Warnings and library messages go to a log file; a command ends with one line that counts them.
+    """
     CliState.debug = debug
-    configure_logging(verbose)
+    log = CommandLog(log_file, verbose=verbose, command=ctx.invoked_subcommand or "").install()
+
+    def finish() -> None:
+        summary = log.summary()
+        log.uninstall()
+        if summary:
+            typer.echo(f"note: {summary}", err=True)
+
+    ctx.call_on_close(finish)
 
 
 app.command("models")(models.models_command)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgeattack.budget import format_eps
 from edgeattack.cli.options import (
     CheckpointOpt,
     DataOpt,
@@ -122,7 +123,9 @@ def attack_command(
     sources = load_source_models(model, checkpoint=checkpoint)
     config = sources[0].config
     preprocess = PreprocessConfig(input_size=config.input_size, crop_pct=config.crop_pct, interpolation=config.interpolation)
-    dataset = load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess)
+    dataset = load_dataset(
+        data, split=split, seed=seed, limit=limit, preprocess=preprocess, class_names=config.label_names
+    )
     with progress_bar(f"{method} on {', '.join(model)}", total=len(dataset)) as advance:
         done = [0]
 
@@ -133,14 +136,35 @@ def attack_command(
         output = attack(sources if len(sources) > 1 else sources[0], dataset, target=target, progress=progress)
     artifact = output.to_artifact(dataset)
     written = artifact.save(out)
-    summary = ", ".join(
-        f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}"
-        for key, value in output.summary().items()
-        if value is not None and key != "method"
-    )
+    summary = summary_text(output.summary(), targeted=target is not None)
     typer.echo(f"wrote {written}: {artifact.meta.kind} {method} on {dataset.spec} ({summary})")
     if method == "desparsify":
         echo_token_utilisation(artifact.meta.params)
+
+
+UNDEFINED_BECAUSE = {
+    "asr": "no image is classified correctly when clean",
+    "success_rate": "no image the attack could succeed on (none correct when clean, or all of the target class)",
+    "targeted_success": "every image is already of the target class",
+}
+"""Why a rate of a craft summary is undefined (its denominator is empty)."""
+
+
+def summary_text(summary: dict[str, Any], *, targeted: bool) -> str:
+    """`key=value, ...` of a craft summary: rates to 4 decimals, an undefined rate with its reason."""
+    parts = []
+    for key, value in summary.items():
+        if key == "method" or (key == "targeted_success" and not targeted):
+            continue
+        if value is None:
+            if key in UNDEFINED_BECAUSE:
+                parts.append(f"{key} undefined: {UNDEFINED_BECAUSE[key]}")
+            continue
+        if key == "linf_max":
+            parts.append(f"{key}={format_eps(value)}")
+        else:
+            parts.append(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}")
+    return ", ".join(parts)
 
 
 def echo_token_utilisation(params: dict[str, Any]) -> None:

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from edgeattack._io import file_label
+from edgeattack.budget import format_eps
 from edgeattack.cli.options import (
     DataOpt,
     LimitOpt,
@@ -43,10 +45,24 @@ def availability_command(
         str | None,
         typer.Option(help="Energy meter: auto, nvml, jetson, rapl or none (the labelled estimate is always given)."),
     ] = "auto",
-    device: Annotated[str, typer.Option(help="Where the engine runs, for --meter auto: cpu, cuda or jetson.")] = "cpu",
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the engine runs, for --meter auto: cpu, cuda, cuda:N or jetson. Default: the device of the "
+            "providers the engine really uses (CUDA/TensorRT -> the GPU's meter, CPU -> RAPL)."
+        ),
+    ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory (or .json path) for the result; never overwritten.")
     ] = Path("results"),
+    allow_over_budget: Annotated[
+        bool,
+        typer.Option(
+            "--allow-over-budget",
+            help="Replay artifacts whose deltas exceed their own declared eps (refused otherwise); the result "
+            "records the measured norm.",
+        ),
+    ] = False,
 ) -> None:
     """Accuracy, TUR, GFLOPs, latency, memory and energy, clean vs each perturbation, with ratios."""
     from edgeattack.availability import evaluate_availability
@@ -55,7 +71,9 @@ def availability_command(
 
     with open_engine(engine, providers=provider, intra_op_threads=threads) as opened:
         preprocess = PreprocessConfig(input_size=opened.input_size) if data != "digits" else None
-        dataset = load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess)
+        dataset = load_dataset(
+            data, split=split, seed=seed, limit=limit, preprocess=preprocess, class_names=opened.metadata.labels
+        )
         with progress_bar(f"availability of {opened.name}") as advance:
             result = evaluate_availability(
                 opened,
@@ -67,15 +85,17 @@ def availability_command(
                 meter=None if meter in (None, "none") else meter,
                 device=device,
                 progress=lambda total, steps: advance(steps, total=total),
+                allow_over_budget=allow_over_budget,
             )
-    target = out if out.suffix == ".json" else out / f"availability-{Path(engine).stem}-{dataset.name}-{dataset.split}.json"
+    name = f"availability-{file_label(Path(engine).stem)}-{file_label(dataset.name)}-{file_label(dataset.split)}.json"
+    target = out if out.suffix == ".json" else out / name
     written = result.save(target)
     print_availability(result)
     typer.echo(f"result: {written}")
 
 
 def print_availability(result: object) -> None:
-    """The DeSparsify-style table of an AvailabilityResult."""
+    """The DeSparsify-style table of an AvailabilityResult: measured and estimated energy in separate columns."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -86,19 +106,21 @@ def print_availability(result: object) -> None:
     info = result.token_sparsity or {}
     title = f"{Path(str(result.engine.get('source'))).name} ({info.get('mechanism', 'not token-sparse')}) on {result.dataset['spec']}"
     table = Table(title=escape(title))
-    columns = ("pass", "accuracy", "kept", "tur", "gflops", "lat_med_ms", "lat_mean_ms", "energy_mJ*",
-               "x latency", "x gflops", "tur gap closed")
+    columns = ("pass", "images", "accuracy", "kept", "tur", "gflops", "lat_med_ms", "lat_mean_ms", "measured_mJ",
+               "estimate_mJ*", "x latency", "x gflops", "tur gap closed")
     for column in columns:
         table.add_column(column, justify="left" if column == "pass" else "right")
     for p in result.passes:
         table.add_row(
             escape(p.label),
+            str(p.images) + (f" (-{p.skipped})" if p.skipped else ""),
             _fmt(p.accuracy),
             _fmt(p.prediction_kept),
             _fmt(p.tur),
             _fmt(p.gflops, 5),
             _fmt(None if p.latency is None else p.latency.median_ms, 3),
             _fmt(None if p.latency is None else p.latency.mean_ms, 3),
+            _fmt(p.energy.get("measured_mj"), 4),
             _fmt(p.energy.get("estimate_mj"), 4),
             _fmt(p.ratios.get("latency_median"), 3),
             _fmt(p.ratios.get("gflops"), 3),
@@ -108,12 +130,50 @@ def print_availability(result: object) -> None:
     console.print(table)
     if result.tur_reason:
         console.print(f"tur: null ({result.tur_reason})")
-    console.print(f"* energy: {result.clean.energy['estimate_method'] or 'n/a'}; measured: null ({result.clean.energy['reason']})")
+    for line in energy_lines(result):
+        console.print(escape(line))
     lat = result.settings
     console.print(
         f"latency: batch {lat['latency_batch']}, {lat['latency_images']} images x {lat['latency_rounds']} rounds, "
         "passes interleaved; ratios are adversarial / clean on the same images"
     )
+    for p in result.passes:
+        if p.over_budget:
+            console.print(
+                escape(
+                    f"{p.label}: OVER BUDGET, replayed with --allow-over-budget: declared {p.norm} eps "
+                    f"{format_eps(p.eps, p.norm)}, measured largest delta {format_eps(p.delta_max_norm, p.norm)}"
+                )
+            )
+    if any(p.skipped for p in result.passes):
+        console.print("images (-n): a per-image artifact covering part of the split; its ratios use the clean pass "
+                      "over its own images (clean_reference in the JSON)")
+
+
+def energy_lines(result: object) -> list[str]:
+    """What the energy columns are: the measurement (value, meter and basis, or null with the reason) and the estimate."""
+    from edgeattack.availability import AvailabilityResult
+
+    assert isinstance(result, AvailabilityResult)
+    lines = []
+    device = (result.settings.get("energy_device") or {}).get("device")
+    where = f" on {device}" if device else ""
+    reasons = {p.energy.get("reason") for p in result.passes}
+    if all(p.energy.get("measured_mj") is None for p in result.passes) and len(reasons) == 1:
+        lines.append(f"measured energy: null ({reasons.pop() or 'not measured'})")
+    else:
+        for p in result.passes:
+            energy = p.energy
+            if energy.get("measured_mj") is not None:
+                lines.append(
+                    f"measured energy ({p.label}): {energy['measured_mj']:.4g} mJ/image by the {energy.get('meter')} "
+                    f"meter{where} ({energy.get('measured_basis')})"
+                )
+            else:
+                lines.append(f"measured energy ({p.label}): null ({energy.get('reason') or 'not measured'})")
+    method = next((p.energy.get("estimate_method") for p in result.passes if p.energy.get("estimate_method")), None)
+    lines.append(f"* estimate_mJ: {method or 'n/a (no GFLOPs: the engine reports no token counts)'}")
+    return lines
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from edgeattack._io import file_label
+from edgeattack.budget import format_eps
 from edgeattack.cli.options import (
     BatchOpt,
     DataOpt,
@@ -68,6 +70,14 @@ def evaluate_command(
     latency_runs: Annotated[int, typer.Option(help="Minimum timed runs of the latency measurement.", min=1)] = 10,
     latency_seconds: Annotated[float, typer.Option(help="Minimum seconds of timed runs.", min=0.0)] = 3.0,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurement.")] = False,
+    allow_over_budget: Annotated[
+        bool,
+        typer.Option(
+            "--allow-over-budget",
+            help="Replay artifacts whose deltas exceed their own declared eps (refused otherwise); the result "
+            "records the measured norm.",
+        ),
+    ] = False,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory (or .json path) for the result; never overwritten.")
     ] = Path("results"),
@@ -108,6 +118,7 @@ def evaluate_command(
             name, perturbations or [], specs, data, split, seed, limit, provider, threads, batch_size,
             quantize_inputs, latency_runs, latency_seconds, no_latency, budget, save_adversarials,
             out if len(engine) == 1 else (out if out.suffix != ".json" else out.parent),
+            allow_over_budget=allow_over_budget,
         )
         print_result(result)
         typer.echo(f"result: {written}")
@@ -161,12 +172,14 @@ def _evaluate_one(
     budget: int,
     save_adversarials: Path | None,
     out: Path,
+    *,
+    allow_over_budget: bool = False,
 ) -> tuple[object, Path]:
     from edgeattack.engines import open_engine
     from edgeattack.evaluate import evaluate
 
     with open_engine(engine, providers=provider, intra_op_threads=threads) as opened:
-        dataset = _dataset(data, split, seed, limit, opened.input_size)
+        dataset = _dataset(data, split, seed, limit, opened.input_size, opened.metadata.labels)
         with progress_bar(f"evaluating {opened.name}", total=None) as advance:
             result = evaluate(
                 opened,
@@ -182,16 +195,20 @@ def _evaluate_one(
                 blackbox_dir=save_adversarials,
                 seed=seed,
                 progress=advance_with_total(advance),
+                allow_over_budget=allow_over_budget,
             )
-    target = out / f"eval-{Path(engine).stem}-{dataset.name}-{dataset.split}.json" if out.suffix != ".json" else out
+    target = out / f"eval-{file_label(Path(engine).stem)}-{file_label(dataset.name)}-{file_label(dataset.split)}.json" if out.suffix != ".json" else out
     return result, result.save(target)
 
 
-def _dataset(data: str, split: str, seed: int, limit: int | None, input_size: tuple[int, int, int]) -> object:
+def _dataset(
+    data: str, split: str, seed: int, limit: int | None, input_size: tuple[int, int, int], labels: tuple[str, ...] = ()
+) -> object:
+    """The evaluation split; a folder's classes are mapped to the engine's `labels` by name."""
     from edgeattack.data import PreprocessConfig, load_dataset
 
     preprocess = PreprocessConfig(input_size=input_size) if data != "digits" else None
-    return load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess)
+    return load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess, class_names=labels)
 
 
 def advance_with_total(advance: object) -> object:
@@ -222,7 +239,7 @@ def _transfer(
         from edgeattack.errors import ConfigError
 
         raise ConfigError(f"transfer needs engines of one input size, got {sorted(sizes)}")
-    dataset = _dataset(data, split, seed, limit, opened[0].input_size)
+    dataset = _dataset(data, split, seed, limit, opened[0].input_size, opened[0].metadata.labels)
     with progress_bar("black-box transfer", total=None) as advance:
         report = blackbox_transfer(
             opened,
@@ -237,7 +254,7 @@ def _transfer(
     directory = out if out.suffix != ".json" else out.parent
     for result in report.results[: len(engines)]:
         print_result(result)
-    written = report.save(directory / f"transfer-blackbox-{dataset.name}-{dataset.split}.json")
+    written = report.save(directory / f"transfer-blackbox-{file_label(dataset.name)}-{file_label(dataset.split)}.json")
     print_transfer(report)
     typer.echo(f"result: {written}")
     _report_failures([(b, written) for r in report.results for b in r.blackbox if b.error])
@@ -280,26 +297,36 @@ def print_result(result: object) -> None:
     for item in result.perturbations:
         m = item.metrics
         table.add_row(
-            item.label,
+            escape(item.label),
             item.kind,
-            _fmt(item.eps),
+            format_eps(item.eps, item.norm),
             str(item.images_evaluated),
             _fmt(m.clean_acc),
             _fmt(m.adv_acc),
-            _fmt(m.asr),
+            _asr(m),
             _fmt(m.fooling_rate),
             _fmt(item.norms.linf_median),
             _fmt(item.norms.l2_median),
         )
     console = make_console()
     console.print(table)
+    for item in result.perturbations:
+        if item.over_budget:
+            console.print(
+                escape(
+                    f"{item.label}: OVER BUDGET, replayed with --allow-over-budget: declared {item.norm} eps "
+                    f"{format_eps(item.eps, item.norm)}, measured largest delta {format_eps(item.delta_max_norm, item.norm)}"
+                )
+            )
     if result.blackbox:
         console.print(_blackbox_table(result))
     worst = result.blackbox_worst_case
     if worst is not None:
         console.print(
-            f"black-box worst case over {', '.join(worst.attacks)}: adv_acc {_fmt(worst.metrics.adv_acc)}, "
-            f"asr {_fmt(worst.metrics.asr)} ({worst.images_completed} images)"
+            escape(
+                f"black-box worst case over {', '.join(worst.attacks)}: adv_acc {_fmt(worst.metrics.adv_acc)}, "
+                f"asr {_asr(worst.metrics)} ({worst.images_completed} images)"
+            )
         )
     lat = result.latency
     if lat is not None:
@@ -316,11 +343,19 @@ def print_result(result: object) -> None:
             )
     mem = result.memory
     if mem is not None:
-        delta = "n/a" if mem.peak_rss_delta_mb is None else f"{mem.peak_rss_delta_mb:.1f} MB"
+        delta = "n/a" if mem.peak_rss_delta_mib is None else f"{mem.peak_rss_delta_mib:.1f} MiB"
         console.print(f"peak RSS delta: {delta} ({mem.method}{'; ' + mem.reason if mem.reason else ''})")
     size = result.model_size.file_size_mb
     if size is not None:
-        console.print(f"model file size: {size:.2f} MB")
+        console.print(f"model file size: {size:.2f} MB (10^6 B)")
+
+
+def _asr(metrics: object) -> str:
+    """The asr cell: its value, or why it is undefined (no image correct when clean)."""
+    value = metrics.asr  # type: ignore[attr-defined]
+    if value is None and metrics.n_clean_correct == 0:  # type: ignore[attr-defined]
+        return "undefined: 0 clean-correct"
+    return _fmt(value)
 
 
 def _fmt(value: float | None) -> str:
@@ -333,8 +368,11 @@ def _blackbox_table(result: object) -> object:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="black-box attacks (queries per attacked image; norms of successful adversarials)")
-    columns = ("attack", "images", "adv_acc", "asr", "success", "budget", "q_median", "q_mean", "q_max",
+    table = Table(
+        title="black-box attacks (attacked: clean-correct, or not of the target, / images given; queries per "
+        "attacked image; norms of successful adversarials)"
+    )
+    columns = ("attack", "attacked", "adv_acc", "asr", "success", "budget", "q_median", "q_mean", "q_max",
                "l2_med", "linf_med", "wall_s", "ms/query")
     for column in columns:
         table.add_column(column, justify="left" if column == "attack" else "right")
@@ -342,9 +380,10 @@ def _blackbox_table(result: object) -> object:
         per_query = b.oracle.get("per_query_ms")
         table.add_row(
             escape(b.label) + (" [targeted]" if b.targeted else ""),
-            f"{b.images_completed}/{b.images}",
+            f"{b.images_attacked}/{b.images}"
+            + (f" ({b.images_completed} completed)" if b.images_completed < b.images else ""),
             _fmt(b.metrics.adv_acc),
-            _fmt(b.metrics.asr),
+            _asr(b.metrics),
             _fmt(b.success_within_budget),
             str(b.budget),
             _fmt(b.queries.median),

@@ -58,8 +58,8 @@ def export_command(
     max_batch: Annotated[
         int | None, typer.Option("--max-batch", help="TensorRT: largest batch the plan accepts (default 64).", min=1)
     ] = None,
-    workspace_mb: Annotated[
-        int, typer.Option("--workspace-mb", help="TensorRT: builder scratch memory limit in MB.", min=1)
+    workspace_mib: Annotated[
+        int, typer.Option("--workspace-mib", help="TensorRT: builder scratch memory limit in MiB (2^20 B).", min=1)
     ] = 1024,
     timing_cache: Annotated[
         Path | None,
@@ -117,7 +117,10 @@ def export_command(
     )
 
     def dataset(data: str, split: str, limit: int | None, shuffle: bool = False) -> object:
-        return load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess, shuffle=shuffle)
+        return load_dataset(
+            data, split=split, seed=seed, limit=limit, preprocess=preprocess, shuffle=shuffle,
+            class_names=net.config.label_names,
+        )
 
     if token_cap is not None:
         from edgeattack.sparsity.defence import parse_token_cap, token_cap_from_clean, with_token_cap
@@ -158,7 +161,7 @@ def export_command(
         parity_data=dataset(calib_data, parity_split, parity_images) if parity_images else None,  # type: ignore[arg-type]
         parity_images=parity_images,
     )
-    size_mb = outcome.path.stat().st_size / 2**20
+    size_mb = outcome.path.stat().st_size / 1e6
     recipe = outcome.metadata.quantization.get("method", "") if outcome.metadata.quantization else ""
     what = "exported the intermediate ONNX" if workdir is not None else "wrote"
     typer.echo(f"{what} {outcome.path} ({onnx_precision}{' ' + recipe if recipe else ''}, {size_mb:.2f} MB)")
@@ -175,7 +178,7 @@ def export_command(
             sparse=sparse,
             opt_batch=opt_batch,
             max_batch=max_batch,
-            workspace_mb=workspace_mb,
+            workspace_mib=workspace_mib,
             timing_cache=timing_cache,
             parity_images=parity_set.images if parity_set is not None else None,  # type: ignore[attr-defined]
         )
@@ -192,7 +195,7 @@ def _build_plan(
     sparse: bool,
     opt_batch: int | None,
     max_batch: int | None,
-    workspace_mb: int,
+    workspace_mib: int,
     timing_cache: Path | None,
     parity_images: object | None,
 ) -> None:
@@ -212,7 +215,7 @@ def _build_plan(
         sparse=sparse,
         opt_batch=opt_batch,
         max_batch=max_batch or DEFAULT_MAX_BATCH,
-        workspace_mb=workspace_mb,
+        workspace_mib=workspace_mib,
         timing_cache=timing_cache,
     )
     _, build = read_sidecar(out)
@@ -220,7 +223,7 @@ def _build_plan(
     typer.echo(
         f"wrote {out} (TensorRT {build['version']} {precision}{' 2:4 sparse' if sparse else ''}, batch "
         f"{profile['min_batch']}..{profile['max_batch']} opt {profile['opt_batch']}, "
-        f"{build['plan_bytes'] / 2**20:.2f} MB) and {out.name}.json"
+        f"{build['plan_bytes'] / 1e6:.2f} MB) and {out.name}.json"
     )
     report = build.get("sparse_report")
     if report is not None:

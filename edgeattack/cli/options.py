@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import logging
-import sys
-import warnings
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +18,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 DataOpt = Annotated[
     str, typer.Option("--data", help="'digits' (embedded) or an ImageFolder directory (root/<class>/<image>).")
 ]
-SplitOpt = Annotated[str, typer.Option("--split", help="Dataset split: train, val, test (digits) or a sub-folder.")]
+SplitOpt = Annotated[
+    str,
+    typer.Option(
+        "--split",
+        help="Dataset split: train, val, test (digits); for a folder, one of its split sub-folders "
+        "(root/<split>/<class>/...), or 'all' for a plain class folder (an unknown split is an error).",
+    ),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the split and of every random choice.")]
 LimitOpt = Annotated[
-    int | None, typer.Option("--limit", "-n", help="Use only the first N images of the split.", min=1)
+    int | None,
+    typer.Option(
+        "--limit",
+        "-n",
+        help="Use only N images of the split: the first N for digits; for a folder, a seeded class-stratified "
+        "subset (the same for the same --seed).",
+        min=1,
+    ),
 ]
 OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 ProviderOpt = Annotated[
@@ -81,29 +93,26 @@ def console(*, stderr: bool = False) -> Any:
     return probe if probe.is_terminal else Console(stderr=stderr, width=160)
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: Any) -> None:
-    typer.echo(f"warning: {message}", err=True)
-
-
-def configure_logging(verbose: bool) -> None:
-    """INFO (or DEBUG) records of edgeattack to stderr, plain format; warnings as one line each."""
-    warnings.showwarning = _show_warning
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("edgeattack")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    root.propagate = False
-
-
 @contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
-    """A rich progress bar on stderr; yields `advance(n, total=None, description=None)` (a new total or
-    description replaces the old one). Quiet when stderr is not a terminal."""
+def progress_bar(
+    description: str, total: int | None = None, *, every_step: bool = False
+) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr; yields `advance(n, total=None, description=None)`.
+
+    A new `description` with a new `total` starts a new stage (the count restarts); a description
+    alone relabels the bar and keeps counting; `quiet=True` counts without a line of its own. Without a terminal (a log file, CI) it prints plain
+    lines instead: one per tenth of the work (every step with `every_step`, e.g. one line per finished
+    experiment cell) and one when a stage ends, so a long command shows it is alive.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
+    if not console.is_terminal:
+        lines = _ProgressLines(description, total, every_step=every_step)
+        yield lines.advance
+        lines.finish()
+        return
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -111,18 +120,53 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
         TimeElapsedColumn(),
         console=console,
         transient=False,
-        disable=not console.is_terminal,
     ) as progress:
         task = progress.add_task(description, total=total)
-
         stage = [description]
 
-        def advance(n: int = 1, total: int | None = None, description: str | None = None) -> None:
+        def advance(n: int = 1, total: int | None = None, description: str | None = None, quiet: bool = False) -> None:
             if description is not None and description != stage[0]:
                 stage[0] = description
-                progress.reset(task, total=total, description=description)
+                if total is not None:
+                    progress.reset(task, total=total, description=description)
+                else:
+                    progress.update(task, description=description)
             elif total is not None:
                 progress.update(task, total=total)
             progress.advance(task, n)
 
         yield advance
+
+
+class _ProgressLines:
+    """`progress_bar` without a terminal: `stage: done/total (elapsed)` lines on stderr."""
+
+    def __init__(self, description: str, total: int | None, *, every_step: bool = False) -> None:
+        self.description, self.total, self.every_step = description, total, every_step
+        self.done = self.shown = 0
+        self.stage_start = time.perf_counter()
+
+    def _echo(self) -> None:
+        of = f"/{self.total}" if self.total else ""
+        typer.echo(f"{self.description}: {self.done}{of} ({time.perf_counter() - self.stage_start:.0f} s)", err=True)
+        self.shown = self.done
+
+    def advance(self, n: int = 1, total: int | None = None, description: str | None = None, quiet: bool = False) -> None:
+        if description is not None and description != self.description:
+            if total is not None:  # a new stage
+                self.finish()
+                self.done = self.shown = 0
+                self.stage_start = time.perf_counter()
+            self.description = description
+        if total is not None:
+            self.total = total
+        self.done += n
+        if quiet:
+            self.shown = self.done  # counted on purpose without a line
+        elif n and (self.every_step or (self.total and self.done * 10 // self.total > self.shown * 10 // self.total)):
+            self._echo()
+
+    def finish(self) -> None:
+        """The stage's last line, unless it was just shown."""
+        if self.done != self.shown:
+            self._echo()

@@ -9,6 +9,7 @@ import typer
 
 from edgeattack.cli.options import console, handle_errors, progress_bar
 from edgeattack.errors import ConfigError
+from edgeattack.logs import CommandLog
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -73,13 +74,15 @@ def execute_run(
     from edgeattack.experiments.runner import run_experiment
 
     selected = len(plan.select(only)) if only else len(plan)
-    with progress_bar(f"{cfg.name}", total=selected) as advance:
+    if CommandLog.current is not None:
+        CommandLog.current.use_file(store_dir / "run.log")
+    with progress_bar(f"{cfg.name}", total=selected, every_step=True) as advance:
 
         def progress(event: str, cell_id: str) -> None:
             if event == "start":
                 advance(0, description=f"{cfg.name}: {cell_id}")
             else:
-                advance(1)
+                advance(1, description=f"{cfg.name}: {event} {cell_id}", quiet=event == "cached")
 
         summary = run_experiment(
             cfg, store_dir, executor=executor, workers=workers, ray_address=ray_address, only=only, rerun=rerun,

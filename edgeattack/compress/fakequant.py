@@ -149,7 +149,7 @@ class FakeQuantLinear(nn.Module):
         bias = self.bias
         if bias is not None and "b" in self._grids:
             bias = self._fq("b", bias.reshape(1, -1)).reshape(-1)
-        if self.output_before_bias:
+        if self.output_before_bias and self.quantize:  # disabled, the twin is the float layer, bit for bit
             y = self._fq("out", F.linear(x, weight))
             return y if bias is None else y + bias
         return self._fq("out", F.linear(x, weight, bias))

@@ -178,22 +178,23 @@ def save_int8_dynamic(model: Any, path: str | Path) -> Path:
 
 def load_int8_dynamic(path: str | Path, *, checkpoint: str | Path | None = None) -> Any:
     """Rebuild the zoo model named in the file, quantize it (torch.ao) and load the int8 weights."""
+    from edgeattack.zoo.checkpoint import torch_load_weights_only
     from edgeattack.zoo.factory import create_model
 
     path = Path(path)
-    if not path.is_file():
-        raise EdgeAttackError(f"int8 model {path} does not exist")
-    try:
-        with _quiet_ao():
-            payload = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise EdgeAttackError(
-            f"cannot read int8 model {path} with weights_only=True: {str(exc).splitlines()[0][:200]}"
-        ) from exc
+    with _quiet_ao():
+        payload = torch_load_weights_only(path, what="int8 model")
     if not isinstance(payload, dict) or payload.get(FORMAT_KEY) != 1:
         raise EdgeAttackError(f"{path} is not an edgeattack dynamic-int8 model file")
+    state = payload.get("state_dict")
+    if not isinstance(payload.get("model"), str) or not isinstance(state, dict) or not state:
+        raise EdgeAttackError(f"int8 model {path} is incomplete: it names no model or holds no tensors")
     base = create_model(payload["model"], checkpoint=checkpoint, pretrained=False)
     quantized = quantize_dynamic_int8(base, backend="torch.ao", name=str(payload.get("name") or "") or None)
-    with _quiet_ao():
-        quantized.load_state_dict(payload["state_dict"])
+    try:
+        with _quiet_ao():
+            quantized.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise EdgeAttackError(f"int8 model {path} does not fit {payload['model']}: {reason[:200]}") from exc
     return quantized

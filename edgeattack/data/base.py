@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +17,9 @@ class ImageDataset:
 
     `indices` are the positions of each image in its split (what per-image perturbation artifacts
     refer to); `name`, `split` and `seed` identify the split so an artifact can be checked against it.
+    `selection` records how the images were chosen from the split when not all of them were:
+    "stratified" (a seeded class-stratified subset, folders' `limit`), "random" (a seeded uniform
+    draw), "first" (the first N, `take`); "all" or "" (not recorded) otherwise.
     """
 
     images: np.ndarray
@@ -25,6 +29,7 @@ class ImageDataset:
     seed: int = 0
     indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     class_names: tuple[str, ...] = ()
+    selection: str = ""
 
     def __post_init__(self) -> None:
         images = np.ascontiguousarray(self.images, dtype=np.float32)
@@ -73,6 +78,7 @@ class ImageDataset:
             seed=self.seed,
             indices=self.indices[pos],
             class_names=self.class_names,
+            selection=self.selection,
         )
 
     def take(self, limit: int | None) -> ImageDataset:
@@ -81,7 +87,7 @@ class ImageDataset:
             return self
         if limit <= 0:
             raise DataError(f"limit must be positive, got {limit}")
-        return self.subset(np.arange(limit))
+        return dataclasses.replace(self.subset(np.arange(limit)), selection="first")
 
     def positions_of(self, indices: np.ndarray) -> np.ndarray:
         """Positions in this object of the given dataset indices; a DataError names any missing one."""

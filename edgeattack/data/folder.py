@@ -2,11 +2,14 @@
 
 This is the real-scale path (ImageNet val folders); it needs only Pillow and numpy, so it runs on a
 board without torch. Classes are the sorted sub-directory names, as torchvision's ImageFolder does,
-unless `class_names` gives the model's own label order.
+mapped by name to the model's own labels when they are given (`edgeattack.data.labels`); which
+sub-folder is a split is `edgeattack.data.splits`' rule, and `limit` takes a seeded
+class-stratified subset (`edgeattack.data.subset`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,9 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from edgeattack.data.base import ImageDataset
+from edgeattack.data.labels import folder_labels
+from edgeattack.data.splits import IMAGE_SUFFIXES
+from edgeattack.data.subset import select_subset
 from edgeattack.errors import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ def _resample(name: str) -> int:
 
 
 def list_image_folder(root: Path) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
-    """Files, labels and class names of an ImageFolder tree, sorted for a stable order."""
+    """Files, labels (0..k-1 over the sorted class folders) and class folder names, sorted for a stable order."""
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory")
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
@@ -111,31 +117,41 @@ def load_image_folder(
     seed: int = 0,
     shuffle: bool = False,
     class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
     split: str = "folder",
+    selection: str | None = None,
 ) -> ImageDataset:
-    """Load an ImageFolder tree into memory as an ImageDataset.
+    """Load an ImageFolder tree (`root/<class>/<image>`) into memory as an ImageDataset.
 
-    With `shuffle`, a seeded permutation picks which `limit` images are loaded; `indices` are the
-    positions in the sorted file list, so artifacts stay valid across runs with the same folder.
-    `class_names` maps folder names to the model's label order (ImageNet synsets, for instance).
+    Labels: `class_names` (the model's label list, ImageNet synsets for instance) and/or
+    `num_classes` map the class folders to the model's labels by name, never renumbering a subset
+    (`edgeattack.data.labels`); without either, the sorted folders are numbered 0..k-1.
+
+    `limit` loads only that many images, chosen by `selection` (`edgeattack.data.subset`):
+    "stratified" (the default: a seeded class-stratified subset), "random" (a seeded uniform
+    draw; what `shuffle=True` asks for) or "first" (the first files in sorted order). `indices`
+    are the positions in the sorted file list, so artifacts stay valid across runs with the same
+    folder, limit and seed; `ImageDataset.selection` records the choice.
     """
     from PIL import Image, UnidentifiedImageError
 
     root = Path(root)
     preprocess = preprocess or PreprocessConfig()
-    files, labels, classes = list_image_folder(root)
-    if class_names is not None:
-        position = {name: i for i, name in enumerate(class_names)}
-        unknown = [c for c in classes if c not in position]
-        if unknown:
-            raise DataError(f"folders {unknown[:5]} of {root} are not among the model's class names")
-        labels = np.asarray([position[classes[label]] for label in labels], dtype=np.int64)
-        classes = tuple(class_names)
-    order = np.arange(len(files))
-    if shuffle:
-        order = np.random.default_rng(seed).permutation(len(files))
-    if limit is not None:
-        order = np.sort(order[:limit]) if shuffle else order[:limit]
+    files, folder_label, folders = list_image_folder(root)
+    label_of_folder, classes = folder_labels(folders, root, class_names=class_names, num_classes=num_classes)
+    labels = label_of_folder[folder_label]
+    order, chosen = select_subset(folder_label, limit, seed, selection or ("random" if shuffle else "stratified"))
+    if chosen == "stratified":
+        logger.info(
+            "%s: using a seeded class-stratified subset of %d of %d images (seed %d, %d classes)",
+            root,
+            len(order),
+            len(files),
+            seed,
+            len(folders),
+        )
+    elif chosen in ("random", "first"):
+        logger.info("%s: using a %s subset of %d of %d images (seed %d)", root, chosen, len(order), len(files), seed)
     images = np.empty((len(order), *preprocess.input_size), dtype=np.float32)
     for slot, position in enumerate(order):
         try:
@@ -151,4 +167,5 @@ def load_image_folder(
         seed=seed,
         indices=order.astype(np.int64),
         class_names=classes,
+        selection=chosen,
     )

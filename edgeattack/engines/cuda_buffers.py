@@ -3,7 +3,14 @@
 Buffers follow NVIDIA's Python samples: cuda-python (`cuda.bindings.runtime`, or the older
 `cuda.cudart`) for device and pinned host memory, streams and events; pycuda is accepted where
 that is what a board has. `open_cuda_runtime` picks one; both expose the same small interface
-(`malloc`/`free`, `host_alloc`/`host_free`, async copies, streams, events, `device_info`).
+(`malloc`/`free`, `host_alloc`/`host_free`, async copies, streams, events, `device_info`, and
+`enter`/`exit`, or `with current_device(runtime):`, to make the runtime's device current).
+
+The device must be current whenever TensorRT creates something on it — a builder, a deserialised
+plan, an execution context — or TensorRT silently uses device 0. cuda-python's `enter` calls
+`cudaSetDevice(index)`; pycuda's pushes the device's primary context (`retain_primary_context()`,
+the context CUDA's runtime API, and so TensorRT, uses) and `exit` pops it. `DeviceInfo.pci_bus_id`
+identifies the GPU for NVML (`edgeattack.metrics.energy.gpu_map`): CUDA ordinals are not NVML's.
 
 Nothing here imports cuda-python or pycuda at import time.
 """
@@ -12,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,6 +33,7 @@ __all__ = [
     "CudaPythonRuntime",
     "DeviceInfo",
     "PyCudaRuntime",
+    "current_device",
     "open_cuda_runtime",
 ]
 
@@ -37,10 +47,27 @@ class DeviceInfo:
     name: str
     compute_capability: str  # "8.7" (Jetson Orin), "9.0" (H100)...
     index: int = 0
-    total_memory_mb: float | None = None
+    total_memory_mib: float | None = None
+    pci_bus_id: str | None = None
+    """`domain:bus:device.function` as CUDA reports it, where the CUDA library gives it."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@contextmanager
+def current_device(runtime: Any) -> Iterator[Any]:
+    """`runtime`'s device made current for the block (pycuda: its context pushed, then popped)."""
+    runtime.enter()
+    try:
+        yield runtime
+    finally:
+        runtime.exit()
+
+
+def _bus_text(value: Any) -> str | None:
+    text = value.split(b"\0", 1)[0].decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+    return text.strip() or None
 
 
 def _cuda_error_name(err: Any) -> str:
@@ -65,6 +92,7 @@ class CudaPythonRuntime:
         if device_index >= count:
             raise EngineError(f"CUDA device {device_index} does not exist; this machine has {count}")
         self._check(rt.cudaSetDevice(device_index), "cudaSetDevice")
+        self._previous: list[int | None] = []
         self.version = self._version()
 
     def _version(self) -> str:
@@ -107,8 +135,18 @@ class CudaPythonRuntime:
             name=name.strip(),
             compute_capability=f"{int(major)}.{int(minor)}",
             index=self.index,
-            total_memory_mb=None if total is None else int(total) / 2**20,
+            total_memory_mib=None if total is None else int(total) / 2**20,
+            pci_bus_id=self._pci_bus_id(),
         )
+
+    def _pci_bus_id(self) -> str | None:
+        getter = getattr(self._rt, "cudaDeviceGetPCIBusId", None)
+        if getter is None:
+            return None
+        try:
+            return _bus_text(self._check(getter(32, self.index), "cudaDeviceGetPCIBusId"))
+        except EngineError:
+            return None
 
     def malloc(self, nbytes: int) -> int:
         return int(self._check(self._rt.cudaMalloc(max(int(nbytes), 1)), "cudaMalloc"))
@@ -167,14 +205,29 @@ class CudaPythonRuntime:
             return None
 
     def enter(self) -> None:
-        return None
+        """Make this runtime's device current for the calling thread (the previous one is restored by `exit`)."""
+        previous = None
+        getter = getattr(self._rt, "cudaGetDevice", None)
+        if getter is not None:
+            try:
+                previous = int(self._check(getter(), "cudaGetDevice"))
+            except EngineError:
+                previous = None
+        self._check(self._rt.cudaSetDevice(self.index), "cudaSetDevice")
+        self._previous.append(previous)
 
     def exit(self) -> None:
-        return None
+        previous = self._previous.pop() if self._previous else None
+        if previous is not None and previous != self.index:
+            self._check(self._rt.cudaSetDevice(previous), "cudaSetDevice")
 
 
 class PyCudaRuntime:
-    """pycuda's driver API on the device's primary context (the one TensorRT's runtime API uses)."""
+    """pycuda's driver API on the device's primary context (the one TensorRT's runtime API uses).
+
+    `enter()` pushes that context (so TensorRT builds, deserialises and runs on this device, not on
+    device 0), `exit()` pops it; they nest.
+    """
 
     library = "pycuda"
 
@@ -205,11 +258,16 @@ class PyCudaRuntime:
 
     def device_info(self) -> DeviceInfo:
         major, minor = self._device.compute_capability()
+        try:
+            bus = _bus_text(self._device.pci_bus_id())
+        except Exception:
+            bus = None
         return DeviceInfo(
             name=str(self._device.name()).strip(),
             compute_capability=f"{int(major)}.{int(minor)}",
             index=self.index,
-            total_memory_mb=int(self._device.total_memory()) / 2**20,
+            total_memory_mib=int(self._device.total_memory()) / 2**20,
+            pci_bus_id=bus,
         )
 
     def enter(self) -> None:

@@ -36,7 +36,7 @@ import numpy as np
 
 from edgeattack._io import sha256_file
 from edgeattack.engines.base import LOGITS, Engine
-from edgeattack.engines.cuda_buffers import CUDA_INSTALL_HINT, DeviceInfo, open_cuda_runtime
+from edgeattack.engines.cuda_buffers import CUDA_INSTALL_HINT, DeviceInfo, current_device, open_cuda_runtime
 from edgeattack.engines.cuda_buffers import CudaPythonRuntime as CudaPythonRuntime  # re-exported
 from edgeattack.engines.cuda_buffers import PyCudaRuntime as PyCudaRuntime  # re-exported
 from edgeattack.engines.tensorrt_plan import SIDECAR_SECTION as SIDECAR_SECTION  # re-exported
@@ -82,7 +82,8 @@ class _Binding:
 class TensorRTEngine(Engine):
     """A TensorRT plan with its sidecar, on one GPU. Use as a context manager.
 
-    `cuda` is a CUDA runtime object (`open_cuda_runtime()` by default: cuda-python, else pycuda).
+    `cuda` is a CUDA runtime object (`open_cuda_runtime(device_index)` by default: cuda-python, else
+    pycuda); its device is made current while the plan is deserialised and while the engine is active.
     `allow_other_gpu` accepts a plan built on another GPU model of the same compute capability.
     """
 
@@ -123,8 +124,9 @@ class TensorRTEngine(Engine):
         self.build_info = dict(build)
         self._trt = trt
         self._logger = make_trt_logger(trt, keep="WARNING")
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._deserialize(path)
+        with current_device(self._cuda):  # deserialise on this device, not on whichever is current (device 0)
+            self._runtime = trt.Runtime(self._logger)
+            self._engine = self._deserialize(path)
         self._bindings = self._describe_io()
         inputs = [b for b in self._bindings.values() if b.is_input]
         if len(inputs) != 1:

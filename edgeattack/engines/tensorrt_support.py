@@ -142,14 +142,46 @@ def _make_output_allocator(trt: Any, cuda: Any) -> Any:
 
 
 def _tensor_profile_shapes(engine: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(min, opt, max) of an input under optimisation profile 0; its static shape when it has none."""
+    """(min, opt, max) of input `name` under optimisation profile 0.
+
+    Falls back to the tensor's static shape only where nothing else can be known: a TensorRT without
+    `get_tensor_profile_shape` (feature detection), an engine with no optimisation profile, or a
+    profile that holds no shapes for a fully static input. A call that fails, or answers with
+    something that is not three shapes of the tensor's rank, is an EngineError naming the tensor and
+    the cause (it used to end, later, in an IndexError).
+    """
+    try:
+        static = tuple(int(d) for d in engine.get_tensor_shape(name))
+    except Exception as exc:
+        raise EngineError(f"cannot read the shape of TensorRT input tensor {name!r}: {_cause(exc)}") from exc
+    dynamic = any(d < 0 for d in static)
     getter = getattr(engine, "get_tensor_profile_shape", None)
-    if getter is not None:
-        try:
-            shapes = getter(name, 0)
-            if shapes and len(shapes) == 3:
-                return tuple(tuple(int(d) for d in s) for s in shapes)  # type: ignore[return-value]
-        except Exception:
-            pass
-    static = tuple(int(d) for d in engine.get_tensor_shape(name))
-    return static, static, static
+    profiles = getattr(engine, "num_optimization_profiles", None)
+    if getter is None or (isinstance(profiles, int) and profiles == 0):
+        if dynamic:
+            what = "no get_tensor_profile_shape (TensorRT < 8.5)" if getter is None else "no optimisation profile"
+            raise EngineError(f"TensorRT input tensor {name!r} has dynamic shape {static} but the engine has {what}")
+        return static, static, static
+    try:
+        answer = getter(name, 0)
+    except Exception as exc:
+        raise EngineError(
+            f"cannot read optimisation profile 0 of TensorRT input tensor {name!r} (shape {static}): {_cause(exc)}"
+        ) from exc
+    try:
+        shapes = tuple(tuple(int(d) for d in shape) for shape in answer)
+    except TypeError as exc:
+        raise EngineError(f"TensorRT returned {answer!r} as the profile of input tensor {name!r}: {_cause(exc)}") from exc
+    if not dynamic and (not shapes or all(len(shape) == 0 for shape in shapes)):
+        return static, static, static  # a static input the profile does not describe
+    if len(shapes) != 3 or any(len(shape) != len(static) or any(d < 0 for d in shape) for shape in shapes):
+        raise EngineError(
+            f"TensorRT returned no usable optimisation profile for input tensor {name!r}: got {shapes} for a tensor "
+            f"of shape {static} (expected min, opt and max shapes of rank {len(static)})"
+        )
+    return shapes  # type: ignore[return-value]
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

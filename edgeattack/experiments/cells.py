@@ -34,10 +34,12 @@ def _preprocess(model_name: str) -> Any:
 
 def _dataset(params: dict[str, Any], model_name: str, split: str, limit: int | None, *, shuffle: bool = False) -> Any:
     from edgeattack.data import load_dataset
+    from edgeattack.zoo.registry import get_entry
 
     data = params["data"]
     return load_dataset(
-        data["dataset"], split=split, seed=params["seed"], limit=limit, preprocess=_preprocess(model_name), shuffle=shuffle
+        data["dataset"], split=split, seed=params["seed"], limit=limit, preprocess=_preprocess(model_name), shuffle=shuffle,
+        class_names=get_entry(model_name).config.label_names,
     )
 
 
@@ -274,8 +276,7 @@ def _availability(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
             artifacts,
             latency_images=settings["latency_images"],
             latency_rounds=settings["latency_rounds"],
-            meter=settings.get("meter"),
-            device="gpu" if p["engine"]["target"] == "tensorrt" else "cpu",
+            meter=settings.get("meter"),  # chosen for the device the engine's providers really use
         ),
         limit=p["data"].get("limit"),
     )

@@ -16,6 +16,7 @@ exception such as KeyboardInterrupt, drops the queued cells and stops the runnin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from edgeattack.errors import ConfigError, did_you_mean
 from edgeattack.experiments.task import CellFailure, CellFunction, CellOutcome, CellTask
+from edgeattack.logs import captured_records
 
 if TYPE_CHECKING:
 
@@ -103,15 +105,20 @@ def thread_budget(threads: int) -> Iterator[None]:
 
 
 def run_guarded(fn: CellFunction, task: CellTask) -> CellOutcome | CellFailure:
-    """`fn(task)` under the task's thread budget; an exception, or a result that is no CellOutcome, is a CellFailure."""
-    try:
-        with thread_budget(task.threads):
-            outcome = fn(task)
-        if not isinstance(outcome, CellOutcome):
-            raise TypeError(f"{_fn_name(fn)} returned {type(outcome).__name__}, not a CellOutcome")
-        return outcome
-    except (Exception, SystemExit) as exc:
-        return CellFailure.from_exception(exc)
+    """`fn(task)` under the task's thread budget; an exception, or a result that is no CellOutcome, is a CellFailure.
+
+    What the cell logs and warns travels back with the outcome (`log`), for the driver to log.
+    """
+    with captured_records() as records:
+        try:
+            with thread_budget(task.threads):
+                outcome = fn(task)
+            if not isinstance(outcome, CellOutcome):
+                raise TypeError(f"{_fn_name(fn)} returned {type(outcome).__name__}, not a CellOutcome")
+            finished: CellOutcome | CellFailure = outcome
+        except (Exception, SystemExit) as exc:
+            finished = CellFailure.from_exception(exc)
+    return dataclasses.replace(finished, log=(*finished.log, *records))
 
 
 def _fn_name(fn: CellFunction) -> str:

@@ -84,6 +84,7 @@ class _Tables:
                         "source": craft.get("source") or item.get("crafted_on"),
                         "engine": label,
                         "asr": _get(item, "metrics", "asr"),
+                        "n_clean_correct": _get(item, "metrics", "n_clean_correct"),
                         "adv_acc": _get(item, "metrics", "adv_acc"),
                         "fooling_rate": _get(item, "metrics", "fooling_rate"),
                         "images": item.get("images_evaluated"),
@@ -104,7 +105,10 @@ class _Tables:
                         "norm": item.get("norm"),
                         "eps": item.get("eps"),
                         "budget": item.get("budget"),
+                        "images": item.get("images"),
+                        "images_attacked": item.get("images_attacked"),
                         "asr": _get(item, "metrics", "asr"),
+                        "n_clean_correct": _get(item, "metrics", "n_clean_correct"),
                         "success_within_budget": item.get("success_within_budget"),
                         "queries_median": _get(item, "queries", "median"),
                         "queries_mean": _get(item, "queries", "mean"),
@@ -143,8 +147,7 @@ class _Tables:
                         "latency_ratio": _get(item, "ratios", "latency_median"),
                         "gflops_ratio": _get(item, "ratios", "gflops"),
                         "tur_gap_closed": _get(item, "gap_closed", "tur"),
-                        "energy_j_per_image": _energy_per_image(energy),
-                        "energy_meter": energy.get("meter") or ("estimate" if energy.get("estimate_mj") is not None else None),
+                        **_energy_columns(energy),
                         "latency_samples_ms": item.get("latency_samples_ms"),
                     }
                 )
@@ -176,12 +179,20 @@ class _Tables:
         ]
 
 
-def _energy_per_image(energy: dict[str, Any]) -> float | None:
-    """J per inference: the meter's reading where one measured, else the labelled estimate."""
-    for key in ("measured_mj", "estimate_mj"):
-        if energy.get(key) is not None:
-            return float(energy[key]) / 1e3
-    return None
+def _energy_columns(energy: dict[str, Any]) -> dict[str, Any]:
+    """Measured and estimated energy per image (J), apart: each with its own meter/method, never one for the other.
+
+    A measurement that failed is null with its reason; the meter's name goes only with a measured value.
+    """
+    measured, estimate = energy.get("measured_mj"), energy.get("estimate_mj")
+    return {
+        "energy_measured_j_per_image": None if measured is None else float(measured) / 1e3,
+        "energy_meter": energy.get("meter") if measured is not None else None,
+        "energy_measured_basis": energy.get("measured_basis") if measured is not None else None,
+        "energy_not_measured_reason": None if measured is not None else energy.get("reason"),
+        "energy_estimate_j_per_image": None if estimate is None else float(estimate) / 1e3,
+        "energy_estimate_method": energy.get("estimate_method") if estimate is not None else None,
+    }
 
 
 def _runs_wall_s(runs: list[dict[str, Any]]) -> float | None:

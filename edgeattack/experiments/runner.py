@@ -18,6 +18,7 @@ from edgeattack.experiments.config import ExperimentConfig
 from edgeattack.experiments.plan import Cell, Plan, build_plan
 from edgeattack.experiments.store import ExperimentStore
 from edgeattack.experiments.task import CellFailure, CellOutcome, CellTask
+from edgeattack.logs import replay_records
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ class _Scheduler:
         )
 
     def _record(self, task: CellTask, outcome: CellOutcome | CellFailure) -> None:
+        replay_records(outcome.log, task.id)
         scratch, started = self.scratch.pop(task.id)
         if isinstance(outcome, CellFailure):
             self.broken[task.id] = outcome.error

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edgeattack.logs import CapturedRecord
+
 
 @dataclass(frozen=True)
 class CellTask:
@@ -37,6 +39,8 @@ class CellOutcome:
     outputs: dict[str, str]
     wall_s: float
     host: str
+    log: tuple[CapturedRecord, ...] = ()
+    """What the cell logged and warned where it ran (`edgeattack.logs.captured_records`)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class CellFailure:
     error: str
     traceback: str
     host: str
+    log: tuple[CapturedRecord, ...] = ()
 
     @classmethod
     def from_exception(cls, exc: BaseException, host: str | None = None) -> CellFailure:

@@ -12,6 +12,12 @@ feature-detects instead of pinning a version:
   deprecates it): ONNX Runtime's `full` preset with symmetric int8 activations, the layout
   TensorRT's explicit quantization expects. The `cpu` preset's uint8 activations and dynamic
   int8 (`DynamicQuantizeLinear`, `MatMulInteger`) are refused with a message saying what to export.
+  Where TensorRT is weakly typed, an int8 plan also sets `BuilderFlag.FP16` (`int8_fp16=True`, as
+  `trtexec --best` does): layers outside Q/DQ pairs (softmax, LayerNorm, GELU, residual adds) may
+  then run in fp16 instead of fp32 — what int8 ViTs are deployed with. TensorRT keeps a layer in
+  fp32 where fp16 cannot represent it, but fp16 LayerNorm can lose accuracy (TensorRT warns about
+  it): the plan's parity against its ONNX (`compare_plan_with_onnx`) measures that, and
+  `int8_fp16=False` builds int8 + fp32. The sidecar's `build_flags` record which.
 - `sparse=True` sets `BuilderFlag.SPARSE_WEIGHTS` for 2:4 models (`edgeattack compress sparse24`);
   TensorRT reports which layers were eligible and which got a sparse kernel at INFO level, and
   those lines go into the sidecar's `sparse_report`.
@@ -29,15 +35,18 @@ builder proper (network, flags, profile, timing cache) in `edgeattack.export.ten
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from edgeattack._io import atomic_write_bytes, atomic_write_json, sha256_file
+from edgeattack.engines.cuda_buffers import current_device
 from edgeattack.engines.tensorrt_engine import (
     SIDECAR_SECTION,
     DeviceInfo,
@@ -75,7 +84,7 @@ __all__ = [
 
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 DEFAULT_MAX_BATCH = 64
-DEFAULT_WORKSPACE_MB = 1024
+DEFAULT_WORKSPACE_MIB = 1024
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,33 +125,59 @@ def _major(version: str) -> int:
         return 0
 
 
-def _probe_device(device_index: int) -> tuple[DeviceInfo, str]:
-    """The GPU the plan is built on (cuda-python/pycuda, else nvidia-smi) and the library that said so."""
+def _open_device(device_index: int) -> tuple[DeviceInfo, str, Any | None]:
+    """The GPU the plan is built on, the library that said so, and its CUDA runtime (None: nvidia-smi only).
+
+    CUDA device `device_index` is made current for the build through the runtime; without cuda-python
+    or pycuda only device 0 can be built on (TensorRT then uses CUDA's default device), and nvidia-smi
+    names it by PCI bus id or UUID (its own indices are not CUDA's).
+    """
     try:
         cuda = open_cuda_runtime(device_index)
-        return cuda.device_info(), f"{cuda.library} {getattr(cuda, 'version', '')}".strip()
+        return cuda.device_info(), f"{cuda.library} {getattr(cuda, 'version', '')}".strip(), cuda
     except MissingDependencyError as exc:
+        if device_index != 0:
+            raise MissingDependencyError(
+                f"building on CUDA device {device_index} needs cuda-python or pycuda to make it current ({exc}); "
+                "or build with CUDA_VISIBLE_DEVICES set to that GPU and device 0"
+            ) from exc
         smi = _device_from_nvidia_smi(device_index)
         if smi is None:
             raise
         logger.warning("%s; recording the GPU from nvidia-smi instead", exc)
-        return smi, "nvidia-smi"
+        return smi, "nvidia-smi", None
+
+
+def _probe_device(device_index: int) -> tuple[DeviceInfo, str]:
+    """The GPU a plan would be built on and the library that said so."""
+    device, source, _ = _open_device(device_index)
+    return device, source
 
 
 def _device_from_nvidia_smi(device_index: int) -> DeviceInfo | None:
+    """CUDA device `device_index` as nvidia-smi describes it, matched by UUID / PCI order (None when unknown)."""
+    from edgeattack.metrics.energy.gpu_map import GpuId, normalise_pci_bus_id, pick_visible_gpu
+
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
     try:
         out = subprocess.run(
-            [exe, f"--id={device_index}", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"],
+            [exe, "--query-gpu=index,uuid,pci.bus_id,name,compute_cap,memory.total", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=20,
             check=True,
         ).stdout.strip()
-        name, cc, memory = (part.strip() for part in out.splitlines()[0].split(","))
-        return DeviceInfo(name=name, compute_capability=cc, index=device_index, total_memory_mb=float(memory))
+        rows = [[part.strip() for part in line.split(",")] for line in out.splitlines() if line.strip()]
+        gpus = [GpuId(int(r[0]), r[1], normalise_pci_bus_id(r[2])) for r in rows]
+        chosen, why = pick_visible_gpu(gpus, device_index, os.environ)
+        if chosen is None:
+            logger.warning("nvidia-smi cannot tell which GPU is CUDA device %d: %s", device_index, why)
+            return None
+        _, _, bus, name, cc, memory = rows[gpus.index(chosen)]
+        return DeviceInfo(name=name, compute_capability=cc, index=device_index, total_memory_mib=float(memory),
+                          pci_bus_id=bus)
     except Exception:
         return None
 
@@ -156,21 +191,24 @@ def build_tensorrt_engine(
     min_batch: int = 1,
     opt_batch: int | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
-    workspace_mb: int = DEFAULT_WORKSPACE_MB,
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB,
     timing_cache: str | Path | None = None,
     device_index: int = 0,
+    int8_fp16: bool = True,
 ) -> EngineMetadata:
     """Build the TensorRT plan `plan_path` from the edgeattack ONNX `onnx_path`; returns the plan's metadata.
 
     `precision` "fp32", "fp16" or "int8" (explicit Q/DQ ONNX only); `sparse` enables 2:4 sparse
     kernels; the batch profile is `min_batch` <= `opt_batch` (default `max_batch`) <= `max_batch`;
-    `workspace_mb` caps TensorRT's scratch memory; `timing_cache` is a file read if present and
+    `workspace_mib` caps TensorRT's scratch memory; `timing_cache` is a file read if present and
     written back (atomically) after the build, so rebuilds on the same device are fast.
+    `device_index` is the CUDA device built on (made current during the build). `int8_fp16` lets an
+    int8 plan run layers without Q/DQ in fp16 (weakly typed TensorRT; see the module docstring).
     Writes the plan atomically, then `<plan>.json`.
     """
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     opt_batch = max_batch if opt_batch is None else opt_batch
-    _check_options(precision, sparse, min_batch, opt_batch, max_batch, workspace_mb)
+    _check_options(precision, sparse, min_batch, opt_batch, max_batch, workspace_mib)
     if plan_path.suffix.lower() not in PLAN_SUFFIXES:
         raise ConfigError(f"a TensorRT plan path must end in {'/'.join(PLAN_SUFFIXES)}, got {plan_path}")
     if not onnx_path.is_file():
@@ -188,21 +226,23 @@ def build_tensorrt_engine(
         )
     if sparse and not caps["sparse_weights"]:
         raise ConfigError(f"TensorRT {caps['version']} has no SPARSE_WEIGHTS builder flag")
-    device, device_source = _probe_device(device_index)
+    device, device_source, cuda = _open_device(device_index)
 
     build_log = make_trt_logger(trt, keep="INFO")
-    serialized, flags, cache_note = _build(
-        trt,
-        build_log,
-        onnx_path,
-        source,
-        caps,
-        precision,
-        sparse,
-        (min_batch, opt_batch, max_batch),
-        workspace_mb,
-        Path(timing_cache) if timing_cache is not None else None,
-    )
+    with current_device(cuda) if cuda is not None else contextlib.nullcontext():
+        serialized, flags, cache_note = _build(
+            trt,
+            build_log,
+            onnx_path,
+            source,
+            caps,
+            precision,
+            sparse,
+            (min_batch, opt_batch, max_batch),
+            workspace_mib,
+            Path(timing_cache) if timing_cache is not None else None,
+            int8_fp16=int8_fp16,
+        )
     data = bytes(memoryview(serialized))
     if not data:
         raise EngineError(f"TensorRT returned an empty plan for {onnx_path}")
@@ -222,6 +262,7 @@ def build_tensorrt_engine(
         "precision": precision,
         "strongly_typed": not caps["weakly_typed"],
         "build_flags": flags,
+        "int8_fp16": ("FP16" in flags) if precision == "int8" else None,
         "sparse": sparse,
         "sparse_report": sparse_report,
         "profile": {
@@ -230,7 +271,7 @@ def build_tensorrt_engine(
             "opt_batch": opt_batch,
             "max_batch": max_batch,
         },
-        "workspace_mb": workspace_mb,
+        "workspace_mib": workspace_mib,
         "timing_cache": cache_note,
         "source_onnx": onnx_path.name,
         "source_onnx_sha256": sha256_file(onnx_path),
@@ -256,7 +297,7 @@ def build_tensorrt_engine(
         " 2:4 sparse" if sparse else "",
         min_batch,
         max_batch,
-        len(data) / 2**20,
+        len(data) / 1e6,
         device.name,
         caps["version"],
     )

@@ -28,10 +28,16 @@ def _build(
     precision: str,
     sparse: bool,
     batches: tuple[int, int, int],
-    workspace_mb: int,
+    workspace_mib: int,
     timing_cache: Path | None,
+    *,
+    int8_fp16: bool = True,
 ) -> tuple[Any, list[str], dict[str, Any] | None]:
-    """Parse, configure and build; returns (serialized plan, builder flags set, timing-cache note)."""
+    """Parse, configure and build; returns (serialized plan, builder flags set, timing-cache note).
+
+    Weakly typed int8 sets INT8 and, with `int8_fp16`, FP16 too (`trtexec --best`): layers outside
+    Q/DQ may pick fp16 kernels instead of fp32.
+    """
     try:
         builder = trt.Builder(build_log)
     except Exception as exc:
@@ -64,13 +70,15 @@ def _build(
             set_flag("FP16")
         elif precision == "int8":
             set_flag("INT8")  # Q/DQ scales come from the ONNX: no calibrator
+            if int8_fp16:
+                set_flag("FP16")  # the layers outside Q/DQ pairs: fp16 where TensorRT finds it faster
     if sparse:
         set_flag("SPARSE_WEIGHTS")
     pool = getattr(trt, "MemoryPoolType", None)
     if pool is not None and hasattr(config, "set_memory_pool_limit"):
-        config.set_memory_pool_limit(pool.WORKSPACE, int(workspace_mb) << 20)
+        config.set_memory_pool_limit(pool.WORKSPACE, int(workspace_mib) << 20)
     else:  # pragma: no cover - TensorRT < 8.4
-        config.max_workspace_size = int(workspace_mb) << 20
+        config.max_workspace_size = int(workspace_mib) << 20
 
     _add_profile(trt, builder, network, config, source, batches)
     cache_note = _attach_timing_cache(config, timing_cache)

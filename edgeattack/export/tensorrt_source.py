@@ -127,7 +127,7 @@ def _onnx_metadata(path: Path) -> EngineMetadata:
 
 
 def _check_options(
-    precision: str, sparse: bool, min_batch: int, opt_batch: int, max_batch: int, workspace_mb: int
+    precision: str, sparse: bool, min_batch: int, opt_batch: int, max_batch: int, workspace_mib: int
 ) -> None:
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown TensorRT precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -135,8 +135,8 @@ def _check_options(
         raise ConfigError(
             f"the batch profile must satisfy 1 <= min ({min_batch}) <= opt ({opt_batch}) <= max ({max_batch})"
         )
-    if workspace_mb < 1:
-        raise ConfigError(f"the workspace must be at least 1 MB, got {workspace_mb}")
+    if workspace_mib < 1:
+        raise ConfigError(f"the workspace must be at least 1 MiB, got {workspace_mib}")
     if sparse and precision == "fp32":
         raise ConfigError("2:4 sparse kernels run in fp16 or int8: use --sparse with --precision fp16 or int8")
 

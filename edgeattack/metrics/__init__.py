@@ -32,7 +32,7 @@ from edgeattack.metrics.latency import (
     measure_latency,
     stats_from_durations,
 )
-from edgeattack.metrics.memory import MemoryStats, PeakMemory, current_rss_mb
+from edgeattack.metrics.memory import MemoryStats, PeakMemory, current_rss_mib
 
 __all__ = [
     "CV_WARN_THRESHOLD",
@@ -53,7 +53,7 @@ __all__ = [
     "asr",
     "available_meters",
     "clean_acc",
-    "current_rss_mb",
+    "current_rss_mib",
     "energy_summary",
     "fooling_rate",
     "measure_energy",

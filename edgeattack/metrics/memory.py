@@ -7,7 +7,7 @@ that file cannot be written (old kernels, some sandboxes, other systems), `resou
 known only when the lifetime peak rose inside the block. Otherwise the delta is None, with the
 reason, never a made-up number.
 
-Sizes are in MB of 2**20 bytes (what `/proc` calls kB is KiB). The high-water mark is per
+Sizes are in MiB (2**20 bytes) (what `/proc` calls kB is KiB). The high-water mark is per
 process: nested or concurrent `PeakMemory` blocks reset each other's.
 """
 
@@ -19,21 +19,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, final
 
-__all__ = ["MemoryStats", "PeakMemory", "current_rss_mb"]
+__all__ = ["MemoryStats", "PeakMemory", "current_rss_mib"]
 
 _CLEAR_REFS = "/proc/self/clear_refs"
 _STATUS = "/proc/self/status"
-_KIB_PER_MB = 1024.0
-_RESET_TOLERANCE_MB = 4.0
+_KIB_PER_MIB = 1024.0
+_RESET_TOLERANCE_MIB = 4.0
 
 
 @dataclass(frozen=True)
 class MemoryStats:
-    """Peak resident memory of a block: `peak_rss_delta_mb` = peak RSS inside it - the baseline RSS."""
+    """Peak resident memory of a block: `peak_rss_delta_mib` = peak RSS inside it - the baseline RSS."""
 
-    peak_rss_delta_mb: float | None
-    peak_rss_mb: float | None
-    baseline_rss_mb: float | None
+    peak_rss_delta_mib: float | None
+    peak_rss_mib: float | None
+    baseline_rss_mib: float | None
     method: str
     reason: str | None = None
 
@@ -42,7 +42,8 @@ class MemoryStats:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> MemoryStats:
-        return cls(**{name: doc.get(name) for name in cls.__dataclass_fields__})
+        """Read a document; results written before the MiB rename (`*_mb` keys, same 2**20 unit) still load."""
+        return cls(**{name: doc.get(name, doc.get(name.removesuffix("_mib") + "_mb")) for name in cls.__dataclass_fields__})
 
 
 def _read_status_kib() -> dict[str, int] | None:
@@ -61,10 +62,10 @@ def _read_status_kib() -> dict[str, int] | None:
     return values if len(values) == 2 else None
 
 
-def current_rss_mb() -> float | None:
-    """The process's resident set size now, in MB (None where /proc is not available)."""
+def current_rss_mib() -> float | None:
+    """The process's resident set size now, in MiB (None where /proc is not available)."""
     status = _read_status_kib()
-    return None if status is None else status["VmRSS"] / _KIB_PER_MB
+    return None if status is None else status["VmRSS"] / _KIB_PER_MIB
 
 
 def _reset_high_water_mark() -> str | None:
@@ -77,46 +78,46 @@ def _reset_high_water_mark() -> str | None:
     status = _read_status_kib()
     if status is None:
         return f"cannot read {_STATUS}"
-    if (status["VmHWM"] - status["VmRSS"]) / _KIB_PER_MB > _RESET_TOLERANCE_MB:
+    if (status["VmHWM"] - status["VmRSS"]) / _KIB_PER_MIB > _RESET_TOLERANCE_MIB:
         return "the kernel ignored the VmHWM reset (needs Linux >= 4.0)"
     return None
 
 
-def _ru_maxrss_mb() -> float | None:
+def _ru_maxrss_mib() -> float | None:
     try:
         import resource
     except ImportError:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
-    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / _KIB_PER_MB
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / _KIB_PER_MIB
 
 
 @final
 class PeakMemory:
     """Context manager: how far the process's resident memory rose above a baseline inside the block.
 
-    The baseline is the RSS on entry, or `baseline_rss_mb` when given (to compare several blocks
+    The baseline is the RSS on entry, or `baseline_rss_mib` when given (to compare several blocks
     against one common starting point).
 
     >>> with PeakMemory() as peak:
     ...     run()
-    >>> peak.peak_rss_delta_mb
+    >>> peak.peak_rss_delta_mib
     """
 
-    def __init__(self, *, baseline_rss_mb: float | None = None) -> None:
-        self._baseline_override = baseline_rss_mb
-        self._baseline_mb: float | None = None
+    def __init__(self, *, baseline_rss_mib: float | None = None) -> None:
+        self._baseline_override = baseline_rss_mib
+        self._baseline_mib: float | None = None
         self._reset_problem: str | None = None
-        self._maxrss_before_mb: float | None = None
+        self._maxrss_before_mib: float | None = None
         self._result: MemoryStats | None = None
 
     def __enter__(self) -> PeakMemory:
         self._result = None
         self._reset_problem = _reset_high_water_mark()
-        self._maxrss_before_mb = _ru_maxrss_mb()
-        rss = current_rss_mb()
-        self._baseline_mb = self._baseline_override if self._baseline_override is not None else rss
+        self._maxrss_before_mib = _ru_maxrss_mib()
+        rss = current_rss_mib()
+        self._baseline_mib = self._baseline_override if self._baseline_override is not None else rss
         return self
 
     def __exit__(
@@ -125,18 +126,18 @@ class PeakMemory:
         self._result = self._measure()
 
     def _measure(self) -> MemoryStats:
-        baseline = self._baseline_mb
+        baseline = self._baseline_mib
         if self._reset_problem is None:
             status = _read_status_kib()
             if status is not None:
-                peak = status["VmHWM"] / _KIB_PER_MB
+                peak = status["VmHWM"] / _KIB_PER_MIB
                 delta = None if baseline is None else max(peak - baseline, 0.0)
                 return MemoryStats(delta, peak, baseline, "vmhwm")
             self._reset_problem = f"cannot read {_STATUS}"
-        peak_after = _ru_maxrss_mb()
+        peak_after = _ru_maxrss_mib()
         if peak_after is None:
             return MemoryStats(None, None, baseline, "unavailable", f"{self._reset_problem}; no getrusage")
-        before = self._maxrss_before_mb
+        before = self._maxrss_before_mib
         if baseline is not None and before is not None and peak_after > before:
             # The lifetime peak rose inside the block, so it is the block's peak.
             return MemoryStats(
@@ -147,7 +148,7 @@ class PeakMemory:
             None,
             baseline,
             "ru_maxrss",
-            f"{self._reset_problem}; ru_maxrss is the lifetime peak ({peak_after:.1f} MB), which did not "
+            f"{self._reset_problem}; ru_maxrss is the lifetime peak ({peak_after:.1f} MiB), which did not "
             "rise inside the block, so the block's own peak is unknown",
         )
 
@@ -159,11 +160,11 @@ class PeakMemory:
         return self._result
 
     @property
-    def peak_rss_delta_mb(self) -> float | None:
-        """Peak RSS inside the block minus the baseline, in MB; None when it cannot be measured."""
-        return self.result.peak_rss_delta_mb
+    def peak_rss_delta_mib(self) -> float | None:
+        """Peak RSS inside the block minus the baseline, in MiB; None when it cannot be measured."""
+        return self.result.peak_rss_delta_mib
 
     @property
     def reason(self) -> str | None:
-        """Why `peak_rss_delta_mb` is None (or why the fallback was used)."""
+        """Why `peak_rss_delta_mib` is None (or why the fallback was used)."""
         return self.result.reason

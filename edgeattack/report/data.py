@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from edgeattack.budget import format_eps
 from edgeattack.errors import ConfigError
 
 __all__ = [
@@ -127,11 +128,7 @@ def eps_label(eps: Any, norm: Any = None) -> str:
 
 
 def _compact_float(match: re.Match[str]) -> str:
-    value = float(match.group(0))
-    scaled = value * 255.0
-    if round(scaled) != 0 and abs(scaled - round(scaled)) < 1e-6 * max(1.0, abs(scaled)):
-        return f"{round(scaled)}/255"
-    return f"{value:.4g}"
+    return format_eps(float(match.group(0)))
 
 
 def compact_floats(text: str) -> str:

@@ -10,7 +10,7 @@ from html import escape
 from edgeattack import __version__
 from edgeattack.report.data import SECTIONS, Block, ReportData, Section
 from edgeattack.report.figures import render_figures
-from edgeattack.report.tables import FOLD_ROWS, MISSING, block_note, is_numeric_text, meta_items, table_rows
+from edgeattack.report.tables import FOLD_ROWS, MISSING, block_note, is_numeric_text, meta_items, table_note, table_rows
 
 __all__ = ["png_data_uri", "png_size", "render_html"]
 
@@ -118,7 +118,7 @@ def _block(data: ReportData, block: Block, images: Mapping[str, bytes | None]) -
     if block.summary and len(rows) > FOLD_ROWS:
         summary = escape(block.summary.format(n=len(rows)))
         return f'<details class="fold"><summary>{summary}</summary>\n{_table(headers, rows)}</details>'
-    caption = f'<p class="table-caption">{escape(block.caption)}</p>'
+    caption = f'<p class="table-caption">{escape(f"{block.caption} {table_note(data, block.name)}".strip())}</p>'
     return caption + "\n" + _table(headers, rows)
 
 

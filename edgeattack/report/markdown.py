@@ -16,7 +16,7 @@ from edgeattack._io import atomic_write_bytes
 from edgeattack.report.data import SECTIONS, Block, ReportData, Section
 from edgeattack.report.figures import render_figures
 from edgeattack.report.html import png_data_uri
-from edgeattack.report.tables import FOLD_ROWS, MISSING, block_note, is_numeric_text, meta_items, table_rows
+from edgeattack.report.tables import FOLD_ROWS, MISSING, block_note, is_numeric_text, meta_items, table_note, table_rows
 
 __all__ = ["github_anchor", "render_markdown"]
 
@@ -82,7 +82,8 @@ def _block(
     if block.summary and len(rows) > FOLD_ROWS:
         rest = _rest_of(block.name, FOLD_ROWS, len(rows), tables)
         return f"**{_text(block.caption)}**\n\n{_table(headers, rows[:FOLD_ROWS])}\n\n{rest}"
-    return f"**{_text(block.caption)}**\n\n{_table(headers, rows)}"
+    note = table_note(data, block.name)
+    return f"**{_text(block.caption)}**" + (f" {_text(note)}" if note else "") + f"\n\n{_table(headers, rows)}"
 
 
 def _section(

@@ -71,6 +71,7 @@ __all__ = [
     "model_order",
     "shown_eps_panels",
     "source_models",
+    "table_note",
     "table_rows",
     "transfer_matrix",
     "write_tables",
@@ -95,6 +96,29 @@ class Column:
 
 def _eps(row: Mapping[str, Any]) -> str:
     return eps_label(row.get("eps"), row.get("norm"))
+
+
+def _asr(row: Mapping[str, Any]) -> str:
+    """The ASR as a percentage, or why there is none: no image correct when clean leaves it undefined."""
+    if not is_missing(row.get("asr")):
+        return percent(row["asr"])
+    if row.get("n_clean_correct") == 0:
+        return "undefined: no clean-correct image"
+    return MISSING
+
+
+def _attacked(row: Mapping[str, Any]) -> str:
+    """`attacked/total`: the images a black-box attack ran on (clean-correct) out of those it was given."""
+    if is_missing(row.get("images_attacked")) or is_missing(row.get("images")):
+        return MISSING
+    return f"{int(row['images_attacked'])}/{int(row['images'])}"
+
+
+def _energy_meter(row: Mapping[str, Any]) -> Any:
+    """The meter that measured the row's energy, or why nothing did (never the estimate's label)."""
+    if not is_missing(row.get("energy_measured_j_per_image")):
+        return row.get("energy_meter")
+    return "none" if row.get("energy_not_measured_reason") else None
 
 
 def _grid_values(row: Mapping[str, Any]) -> list[float]:
@@ -151,7 +175,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("eps", "ε", value=_eps),
         Column("source", "Crafted on"),
         Column("engine", "Replayed on"),
-        Column("asr", "ASR (%)", percent),
+        Column("asr", "ASR (%)", value=_asr),
         Column("adv_acc", "Adv. acc. (%)", percent),
         Column("fooling_rate", "Fooling rate (%)", percent),
         Column("images", "Images", integer),
@@ -163,7 +187,8 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("norm", "Norm"),
         Column("eps", "ε", value=_eps),
         Column("budget", "Budget (queries)", integer),
-        Column("asr", "ASR (%)", percent),
+        Column("attacked", "Attacked / images", value=_attacked),
+        Column("asr", "ASR (%)", value=_asr),
         Column("success_within_budget", "Success within budget (%)", percent),
         Column("queries_median", "Queries median", fixed1),
         Column("queries_mean", "Queries mean", fixed1),
@@ -186,8 +211,9 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("latency_ratio", "Latency ratio", times),
         Column("gflops_ratio", "GFLOPs ratio", times),
         Column("tur_gap_closed", "TUR gap closed (%)", percent),
-        Column("energy_j_per_image", "Energy (mJ/image)", milli),
-        Column("energy_meter", "Energy meter"),
+        Column("energy_measured_j_per_image", "Energy measured (mJ/image)", milli),
+        Column("energy_meter", "Energy meter", value=_energy_meter),
+        Column("energy_estimate_j_per_image", "Energy estimate (mJ/image, model, not measured)", milli),
     ),
     "token_depth": (
         Column("model", "Model"),
@@ -244,6 +270,21 @@ def block_note(data: ReportData, name: str) -> str:
         f"{left_out} of {len(panels)} method/source panels are left out (those with the fewest ε values); "
         "the table below has them all."
     )
+
+
+def table_note(data: ReportData, name: str) -> str:
+    """A sentence to add to the caption of table `name` ('' when none): for availability, what its energy columns are."""
+    return _energy_note(data) if name == "availability" else ""
+
+
+def _energy_note(data: ReportData) -> str:
+    """Why energy was not measured (once per distinct reason), and what the estimate is."""
+    rows = data.table("availability")
+    reasons = list(dict.fromkeys(str(r["energy_not_measured_reason"]) for r in rows if r.get("energy_not_measured_reason")))
+    methods = list(dict.fromkeys(str(r["energy_estimate_method"]) for r in rows if r.get("energy_estimate_method")))
+    parts = [f"Energy not measured: {'; '.join(reasons)}." if reasons else ""]
+    parts.append(f"Energy estimate: {methods[0]}." if methods else "")
+    return " ".join(p for p in parts if p)
 
 
 def meta_items(data: ReportData) -> list[tuple[str, str]]:

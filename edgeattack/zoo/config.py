@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,4 +30,17 @@ class ModelConfig:
 
     @property
     def label_names(self) -> tuple[str, ...]:
-        return self.labels or tuple(str(i) for i in range(self.num_classes))
+        """The class names: `labels`, ImageNet-1k's WordNet synsets (`n01440764`, ...) for an ImageNet
+        model, else `0`..`N-1`. A folder's class sub-directories are matched to these by name."""
+        if self.labels:
+            return self.labels
+        if self.dataset == "imagenet" and self.num_classes == len(imagenet_synsets()):
+            return imagenet_synsets()
+        return tuple(str(i) for i in range(self.num_classes))
+
+
+@functools.cache
+def imagenet_synsets() -> tuple[str, ...]:
+    """ImageNet-1k's 1000 WordNet ids in the standard class order (torchvision's / timm's), shipped with the package."""
+    text = (Path(__file__).parent / "imagenet_synsets.txt").read_text(encoding="ascii")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())

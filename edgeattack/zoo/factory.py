@@ -1,7 +1,8 @@
 """`create_model`: a zoo name -> a torch module that takes [0,1] images and normalises inside.
 
 Weights come from, in order: an explicit `checkpoint` (safetensors, or `.pth` read with
-`weights_only=True`), the package's shipped safetensors, or timm's pretrained download.
+`weights_only=True`; `edgeattack.zoo.checkpoint` turns every bad file into one clear error), the
+package's shipped safetensors, or timm's pretrained download.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from edgeattack._io import sha256_file
 from edgeattack._lazy import require
 from edgeattack.errors import ConfigError, EdgeAttackError
+from edgeattack.zoo.checkpoint import read_state_dict
 from edgeattack.zoo.config import ModelConfig
 from edgeattack.zoo.manifest import shipped_weights
 from edgeattack.zoo.registry import get_entry
@@ -108,33 +110,6 @@ def create_model(
     return model.eval()
 
 
-def read_state_dict(path: str | Path) -> dict[str, Any]:
-    """Tensors of a checkpoint file, loaded without executing pickled code."""
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeAttackError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        safetensors_torch = require("safetensors.torch", feature="safetensors checkpoints")
-        try:
-            return dict(safetensors_torch.load_file(str(path)))
-        except Exception as exc:
-            raise EdgeAttackError(f"checkpoint {path} is not a valid safetensors file: {exc}") from exc
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise EdgeAttackError(
-            f"cannot load checkpoint {path} with weights_only=True (corrupt, or it holds pickled objects): "
-            f"{str(exc).splitlines()[0][:200]}"
-        ) from exc
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise EdgeAttackError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
 def load_checkpoint(model: ZooModel, path: str | Path) -> ZooModel:
     """Load a checkpoint into `model`: keys of the whole ZooModel ("net." prefixed) or of the bare net."""
     state = read_state_dict(path)
@@ -144,7 +119,10 @@ def load_checkpoint(model: ZooModel, path: str | Path) -> ZooModel:
         state.setdefault("std", model.std)
     else:
         target = model.net
-    result = target.load_state_dict(state, strict=False)
+    try:
+        result = target.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that differ: another width, depth or number of classes
+        raise EdgeAttackError(f"checkpoint {path} does not fit {model.model_name}: {_first_line(exc)}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise EdgeAttackError(
             f"checkpoint {path} does not fit {model.model_name}: "
@@ -152,6 +130,11 @@ def load_checkpoint(model: ZooModel, path: str | Path) -> ZooModel:
         )
     model.weights_sha256 = sha256_file(path)
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and "Error(s) in loading" not in line]
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def state_dict_sha256(model: Any) -> str:

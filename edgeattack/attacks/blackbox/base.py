@@ -8,8 +8,10 @@ returns a `BlackBoxOutcome`. A subclass implements only `run(problem)`, querying
 which keeps the best adversarial of every image.
 
 Modes: `eps=None` is the minimal-perturbation mode for attacks that minimise a norm (the best
-adversarial found is returned; its norm is the result); with `eps` the attack is bounded: success
-needs the perturbation's norm within eps, and an image stops being queried once it succeeds.
+adversarial found is returned; its norm is the result); with `eps` the attack is bounded: an image
+stops being queried once it succeeds, and at the end every attacked image's best candidate is
+clipped to the eps ball and verified again (foolbox's convention), so `success`, `adv_pred`, the
+accuracy metrics, the per-image worst case and the saved adversarials all hold within eps only.
 
 An engine that fails mid-attack (an `EngineError`, including NaN outputs) ends the attack: the
 images of finished chunks keep their results, the others are marked not completed, and the
@@ -29,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgeattack.attacks.blackbox.oracle import EngineOracle, OracleStats
-from edgeattack.attacks.blackbox.problem import NORMS, Problem, distances
+from edgeattack.attacks.blackbox.problem import NORMS, Problem, distances, project_to_ball
 from edgeattack.errors import ConfigError, DataError, EngineError
 
 __all__ = ["BlackBoxAttack", "BlackBoxOutcome", "Progress"]
@@ -175,10 +177,14 @@ class BlackBoxAttack(abc.ABC):
                         rng=rng,
                     )
                     self.run(problem)
-                    within[attack_rows] = self._within_eps(problem.x0, problem.best)
-                    adv_pred[attack_rows] = oracle.verify(problem.best).argmax(axis=1)
-                    adversarial[attack_rows] = oracle.prepare(problem.best)
-                    queries_to_success[attack_rows] = problem.queries_to_success
+                    final = project_to_ball(problem.x0, problem.best, self.eps, self.norm)
+                    within[attack_rows] = self._within_eps(problem.x0, final)
+                    adv_pred[attack_rows] = oracle.verify(final).argmax(axis=1)
+                    adversarial[attack_rows] = oracle.clip(final)
+                    # an adversarial that only the clip to the ball revealed counts every query it used
+                    queries_to_success[attack_rows] = np.where(
+                        problem.queries_to_success >= 0, problem.queries_to_success, oracle.queries[attack_rows]
+                    )
                 skipped = np.setdiff1d(rows, attack_rows)
                 adv_pred[skipped] = clean_pred[skipped]
             except EngineError as exc:
@@ -216,8 +222,8 @@ class BlackBoxAttack(abc.ABC):
         )
 
     def _within_eps(self, x0: np.ndarray, adversarial: np.ndarray) -> np.ndarray:
-        """The bounded mode's norm check, on the images the attack chose (before any 1/255 rounding,
-        which the oracle applies to every query and to the returned images alike)."""
+        """The bounded mode's norm check, on the images the attack designed (before any 1/255 rounding,
+        which the oracle applies to every query, the verification and a replay alike)."""
         if self.eps is None:
             return np.ones(x0.shape[0], dtype=bool)
         return distances(adversarial - x0, self.norm) <= self.eps * (1 + 1e-6) + 1e-7

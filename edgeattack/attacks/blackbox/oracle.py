@@ -115,9 +115,13 @@ class EngineOracle:
         )
 
     # queries ---------------------------------------------------------------------------------
+    def clip(self, images: np.ndarray) -> np.ndarray:
+        """`images` clipped to the engine's bounds (float32)."""
+        return np.clip(np.asarray(images, dtype=np.float32), self.low, self.high)
+
     def prepare(self, images: np.ndarray) -> np.ndarray:
         """What the engine will really see: clipped to its bounds, rounded to 1/255 if quantizing."""
-        images = np.clip(np.asarray(images, dtype=np.float32), self.low, self.high)
+        images = self.clip(images)
         if self.quantize:
             images = quantize_to_grid((images - self.low) / (self.high - self.low))
             images = (images * (self.high - self.low) + self.low).astype(np.float32)

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgeattack.attacks.blackbox.oracle import EngineOracle
 
-__all__ = ["NORMS", "Problem", "distances"]
+__all__ = ["NORMS", "Problem", "distances", "project_to_ball"]
 
 NORMS = ("l2", "linf", "none")
 _TOLERANCE = 1e-6
@@ -30,6 +30,25 @@ def distances(delta: np.ndarray, norm: str) -> np.ndarray:
     if norm == "linf":
         return np.abs(flat).max(axis=1) if flat.shape[1] else np.zeros(flat.shape[0])
     return np.zeros(flat.shape[0])
+
+
+def project_to_ball(x0: np.ndarray, x: np.ndarray, eps: float | None, norm: str) -> np.ndarray:
+    """`x` moved into the `norm` ball of radius `eps` around `x0` (unchanged for eps None or norm "none").
+
+    L2 scales the perturbation down to length eps, L-inf clips it per pixel; both keep `x` inside any
+    box that holds `x0` and `x`, so no new bound clipping is needed. This is foolbox's bounded-mode
+    convention: a minimal attack's best adversarial is clipped to the budget, then tested again.
+    """
+    if eps is None or norm == "none":
+        return x
+    delta = (x - x0).astype(np.float64)
+    if norm == "linf":
+        delta = np.clip(delta, -eps, eps)
+    else:
+        length = np.sqrt((delta.reshape(delta.shape[0], -1) ** 2).sum(axis=1))
+        scale = np.minimum(1.0, eps / np.maximum(length, 1e-300))
+        delta *= scale.reshape(-1, *([1] * (delta.ndim - 1)))
+    return (x0 + delta).astype(np.float32)
 
 
 @dataclass

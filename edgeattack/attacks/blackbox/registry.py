@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgeattack.attacks.blackbox.base import BlackBoxAttack
+from edgeattack.budget import format_eps
 from edgeattack.errors import ConfigError, did_you_mean
 
 __all__ = ["BLACKBOX_ATTACKS", "BlackBoxSpec", "attack_class", "describe_attacks", "parse_spec"]
@@ -65,13 +66,20 @@ class BlackBoxSpec:
     target: int | str | None = None
     budget: int | None = None
     label: str | None = None
+    text: str | None = None
+    """The spec as the user wrote it (`parse_spec` keeps it), so results are labelled in their spelling."""
 
     @property
     def display(self) -> str:
+        """The label of results: `label=`, else the user's own spelling, else one built from the fields
+        (ε as `k/255` where it is one, the target and budget included)."""
         if self.label:
             return self.label
-        shown = ",".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.name}:{shown}" if shown else self.name
+        if self.text:
+            return self.text
+        shown = [f"{k}={format_eps(v) if k == 'eps' else v}" for k, v in self.params.items()]
+        shown += [f"{k}={v}" for k, v in (("target", self.target), ("budget", self.budget)) if v is not None]
+        return f"{self.name}:{','.join(shown)}" if shown else self.name
 
     def build(self, **defaults: Any) -> BlackBoxAttack:
         """The attack; `defaults` (e.g. seed) apply where the spec does not set them."""
@@ -155,6 +163,14 @@ def parse_spec(text: str) -> BlackBoxSpec:
             raise ConfigError(f"budget must be an integer, got {run['budget']!r}") from exc
         if budget < 1:
             raise ConfigError(f"the query budget must be at least 1, got {budget}")
-    spec = BlackBoxSpec(name=cls.name, params=params, target=target, budget=budget, label=run.get("label"))
+    written = ",".join(part.strip() for part in rest.split(",") if part.strip())
+    spec = BlackBoxSpec(
+        name=cls.name,
+        params=params,
+        target=target,
+        budget=budget,
+        label=run.get("label"),
+        text=f"{name.strip()}:{written}" if written else name.strip(),
+    )
     spec.build()  # hyper-parameter values are checked now, before anything runs
     return spec

@@ -10,14 +10,13 @@ given (never overwriting), so they replay on other engines.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgeattack._io import no_overwrite_path, sha256_file
+from edgeattack._io import file_label, no_overwrite_path, sha256_file
 from edgeattack.artifacts import PerturbationArtifact
 from edgeattack.attacks.blackbox.base import BlackBoxOutcome
 from edgeattack.attacks.blackbox.oracle import EngineOracle
@@ -56,10 +55,6 @@ def engine_source(engine: Engine) -> dict[str, str]:
     }
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80]
-
-
 def run_blackbox(
     engine: Engine,
     dataset: ImageDataset,
@@ -96,7 +91,7 @@ def run_blackbox(
     )
     saved = None
     if artifact_dir is not None and outcome.completed.any():
-        name = f"bb-{_slug(spec.display)}-{_slug(Path(engine.name).stem)}-{dataset.name}-{dataset.split}.npz"
+        name = f"bb-{file_label(spec.display)}-{file_label(Path(engine.name).stem)}-{file_label(dataset.name)}-{file_label(dataset.split)}.npz"
         saved = artifact.save(no_overwrite_path(Path(artifact_dir) / name))
     result = summarise(
         outcome,

@@ -112,10 +112,11 @@ class WhiteBoxAttack(_AttackBase):
                 adv_pred[begin:end] = logits.argmax(1).cpu().numpy()
                 if progress is not None:
                     progress(end, n)
+        # an image wrong before the attack (or already of the target class) is no success of the attack
         if prep.target is not None:
-            success = adv_pred == prep.target
+            success = (prep.y != prep.target) & (adv_pred == prep.target)
         else:
-            success = adv_pred != prep.y
+            success = (clean_pred == prep.y) & (adv_pred != prep.y)
         ds = prep.dataset
         output = AttackOutput(
             adversarial=adv_all,
@@ -138,8 +139,8 @@ class WhiteBoxAttack(_AttackBase):
             wall_s=time.perf_counter() - start_time,
         )
         logger.info(
-            "%s on %d images: clean_acc %.3f, adv_acc %.3f, success %.3f (%.1f s)",
-            output.method, n, output.clean_acc, output.adv_acc, output.success_rate, output.wall_s,
+            "%s on %d images: clean_acc %.3f, adv_acc %.3f, success_rate %s (%.1f s)",
+            output.method, n, output.clean_acc, output.adv_acc, output.success_text(), output.wall_s,
         )
         return output
 

@@ -35,8 +35,9 @@ class RunResult:
 class AttackOutput:
     """The result of a per-image white-box attack (numpy arrays on the CPU).
 
-    `success[i]`: untargeted, the ensemble misclassifies `adversarial[i]` (`adv_pred != labels`);
-    targeted, it predicts `target[i]`. `delta = adversarial - clean`.
+    `success[i]`: untargeted, the ensemble classifies image i correctly when clean and misclassifies
+    `adversarial[i]`; targeted, image i is not of class `target[i]` and `adversarial[i]` is predicted
+    as it. Images outside that denominator are never successes. `delta = adversarial - clean`.
     """
 
     adversarial: np.ndarray
@@ -70,9 +71,25 @@ class AttackOutput:
         return self.target is not None
 
     @property
-    def success_rate(self) -> float:
-        """Fraction of all images on which the attack succeeded."""
-        return float(self.success.mean()) if len(self) else 0.0
+    def eligible(self) -> np.ndarray:
+        """The images the attack can succeed on: correct when clean (untargeted), not of the target (targeted)."""
+        if self.target is not None:
+            return self.labels != self.target
+        return self.clean_pred == self.labels
+
+    @property
+    def success_rate(self) -> float | None:
+        """Successes over the eligible images (the asr, or the targeted success); None when none is eligible."""
+        eligible = self.eligible
+        return float(self.success[eligible].mean()) if eligible.any() else None
+
+    def success_text(self) -> str:
+        """`success_rate` for a summary line, or why it is undefined."""
+        if self.success_rate is not None:
+            return f"{self.success_rate:.4f}"
+        if self.target is not None:
+            return "undefined (every image is already of its target class)"
+        return "undefined (no image is classified correctly when clean)"
 
     @property
     def clean_acc(self) -> float:

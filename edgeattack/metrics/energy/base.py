@@ -82,8 +82,8 @@ class WindowData:
     sample_rate_hz: float | None = None
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
-    peak_memory_mb: float | None = None
-    memory_delta_mb: float | None = None
+    peak_memory_mib: float | None = None
+    memory_delta_mib: float | None = None
     memory_method: str | None = None
     device: dict[str, Any] = field(default_factory=dict)
     average_power_w: float | None = None  # only where it is not energy_j / window_s
@@ -116,8 +116,8 @@ class MeterReading:
     domain_energy_j: dict[str, float | None] = field(default_factory=dict)
     energy_domains: tuple[str, ...] = ()
     method: str = ""
-    peak_memory_mb: float | None = None
-    memory_delta_mb: float | None = None
+    peak_memory_mib: float | None = None
+    memory_delta_mib: float | None = None
     memory_method: str | None = None
     device: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
@@ -148,6 +148,10 @@ class MeterReading:
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> MeterReading:
         values = {name: doc[name] for name in cls.__dataclass_fields__ if name in doc}
+        for name in ("peak_memory_mib", "memory_delta_mib"):  # written as `*_mb` (same 2**20 unit) before
+            old = name.removesuffix("_mib") + "_mb"
+            if name not in values and old in doc:
+                values[name] = doc[old]
         values["energy_domains"] = tuple(values.get("energy_domains") or ())
         values["warnings"] = tuple(values.get("warnings") or ())
         return cls(**values)
@@ -326,8 +330,8 @@ class Meter(ABC):
             domain_energy_j={k: _finite(v) for k, v in data.domain_energy_j.items()},
             energy_domains=tuple(data.energy_domains),
             method=data.method,
-            peak_memory_mb=_finite(data.peak_memory_mb),
-            memory_delta_mb=_finite(data.memory_delta_mb),
+            peak_memory_mib=_finite(data.peak_memory_mib),
+            memory_delta_mib=_finite(data.memory_delta_mib),
             memory_method=data.memory_method,
             device=dict(data.device),
             reason=None if energy is not None and self.kind in (MEASURED, ESTIMATE) else reason,

@@ -4,7 +4,7 @@
 (energy counters update every 20-100 ms, so one short call cannot be measured) and returns the
 reading with the energy per inference. `energy_summary(reading, gflops_per_inference=g)` is the
 `energy` block of a result: the measured value (idle-subtracted where a baseline exists), which
-meter, why it is missing, and the labelled estimate beside it, never in its place.
+meter measured it, why it is missing, and the labelled estimate beside it, never in its place.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from edgeattack.metrics.energy.estimate import ENERGY_ESTIMATE_METHOD, estimate_
 
 __all__ = ["NO_METER_REASON", "energy_summary", "measure_energy"]
 
-NO_METER_REASON = "no energy meter on this machine (no NVML GPU, no Jetson INA3221 rails, no readable RAPL energy_uj)"
+NO_METER_REASON = "no energy meter was used (none given, or none works here: see `edgeattack doctor`)"
 
 
 def measure_energy(
@@ -75,12 +75,15 @@ def energy_summary(
     macs_per_inference: float | None = None,
     reason: str | None = None,
 ) -> dict[str, Any]:
-    """The `energy` block of a result, per inference, in mJ.
+    """The `energy` block of a result, per inference, in mJ: the measurement and the estimate, apart.
 
     Keys: `measured_mj` (a hardware meter's energy per inference, idle-subtracted where the idle
-    baseline was measured, `measured_basis` says which), `meter`, `reason` (why `measured_mj` is
-    None), `estimate_mj` and `estimate_method` (MACs x 4.6 pJ; MACs = GFLOPs x 1e9, one multiply-add
-    per FLOP), and `measurement` (the whole reading, or None).
+    baseline was measured, `measured_basis` says which), `meter` and `measured_method` (the meter
+    that measured `measured_mj` and how; None when nothing was measured, so a failed window never
+    lends its meter's name to anything), `reason` (why `measured_mj` is None, e.g. "nvml meter
+    failed during the window: ..."), `estimate_mj` and `estimate_method` (MACs x 4.6 pJ; MACs =
+    GFLOPs x 1e9, one multiply-add per FLOP; never a measurement), and `measurement` (the whole
+    reading, failed or not, or None).
     """
     if gflops_per_inference is not None and macs_per_inference is not None:
         raise ValueError("give gflops_per_inference or macs_per_inference, not both")
@@ -88,24 +91,24 @@ def energy_summary(
     estimate = None if macs is None else estimate_energy_j(macs) * 1e3
     if reading is not None and reading.kind == ESTIMATE and estimate is None:
         estimate = None if reading.energy_per_inference_j is None else reading.energy_per_inference_j * 1e3
-    measured = basis = meter = None
+    measured = basis = None
     why = reason
     if reading is not None and reading.kind == MEASURED:
-        meter = reading.meter
         if reading.active_energy_per_inference_j is not None:
             measured, basis = reading.active_energy_per_inference_j * 1e3, "idle-subtracted"
         elif reading.energy_per_inference_j is not None:
             measured, basis = reading.energy_per_inference_j * 1e3, "gross: no idle baseline was measured"
         elif reading.energy_j is not None:
-            why = "the reading has no count of inferences"
+            why = f"the {reading.meter} reading has no count of inferences"
         else:
-            why = reading.reason
+            why = reading.reason or f"the {reading.meter} meter returned no energy"
     elif reading is not None and reading.kind != ESTIMATE:
         why = reading.reason or why
     return {
         "measured_mj": measured,
         "measured_basis": basis,
-        "meter": meter,
+        "meter": None if measured is None or reading is None else reading.meter,
+        "measured_method": None if measured is None or reading is None else reading.method,
         "reason": None if measured is not None else (why or NO_METER_REASON),
         "estimate_mj": estimate,
         "estimate_method": ENERGY_ESTIMATE_METHOD if estimate is not None else None,

@@ -1,7 +1,7 @@
 """Peak process memory under the meter interface: `edgeattack.metrics.memory.PeakMemory` (VmHWM).
 
-`ProcessMemoryMeter` reports `peak_memory_mb` (the process's peak resident set in the window) and
-`memory_delta_mb` (that peak minus the RSS at the start, or minus `baseline_rss_mb`), with the
+`ProcessMemoryMeter` reports `peak_memory_mib` (the process's peak resident set in the window) and
+`memory_delta_mib` (that peak minus the RSS at the start, or minus `baseline_rss_mib`), with the
 method (`vmhwm`, or the `ru_maxrss` fallback) and the reason where it cannot tell. It measures no
 energy (`kind="memory"`). GPU device memory comes with `NvmlMeter`'s readings.
 """
@@ -23,9 +23,9 @@ class ProcessMemoryMeter(Meter):
     kind = MEMORY
     default_min_window_s = 0.0
 
-    def __init__(self, *, baseline_rss_mb: float | None = None, clock: Clock = time.perf_counter) -> None:
+    def __init__(self, *, baseline_rss_mib: float | None = None, clock: Clock = time.perf_counter) -> None:
         super().__init__(clock=clock)
-        self.baseline_rss_mb = baseline_rss_mb
+        self.baseline_rss_mib = baseline_rss_mib
         self._peak: PeakMemory | None = None
 
     @classmethod
@@ -33,7 +33,7 @@ class ProcessMemoryMeter(Meter):
         return True, "peak resident memory of this process (VmHWM, or ru_maxrss where it cannot be reset)"
 
     def _start_impl(self) -> None:
-        self._peak = PeakMemory(baseline_rss_mb=self.baseline_rss_mb)
+        self._peak = PeakMemory(baseline_rss_mib=self.baseline_rss_mib)
         self._peak.__enter__()
 
     def _stop_impl(self, window_s: float) -> WindowData:
@@ -44,8 +44,8 @@ class ProcessMemoryMeter(Meter):
             None,
             "",
             reason=stats.reason or "this meter measures memory, not energy",
-            peak_memory_mb=stats.peak_rss_mb,
-            memory_delta_mb=stats.peak_rss_delta_mb,
+            peak_memory_mib=stats.peak_rss_mib,
+            memory_delta_mib=stats.peak_rss_delta_mib,
             memory_method=f"process resident set ({stats.method})",
-            device={"baseline_rss_mb": stats.baseline_rss_mb},
+            device={"baseline_rss_mib": stats.baseline_rss_mib},
         )

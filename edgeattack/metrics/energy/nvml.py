@@ -10,20 +10,33 @@ running backwards (a driver reload) or NVML raising mid-window gives no energy, 
 Also sampled: device memory in use (`nvmlDeviceGetMemoryInfo`: the peak and its rise over the
 window, all processes on the GPU) and the SM / memory clocks at start and end.
 
-Tests inject `nvml=` an object with the same function names (a recorded fake module).
+Which GPU: `cuda_device=N` (the default, N=0) is CUDA's device N, the one an engine on `cuda:N`
+runs on; it is mapped to NVML by PCI bus id or UUID (`gpu_map`), since NVML's indices follow PCI
+order and ignore `CUDA_VISIBLE_DEVICES` while CUDA's follow it (and default to fastest first).
+`pci_bus_id=` names the GPU directly; `index=` is NVML's own index (what `nvidia-smi` shows).
+
+Tests inject `nvml=` an object with pynvml's function names (a synthetic fake answering from a
+hand-written trace, not recorded from a GPU) and `cuda_lookup=` in place of asking CUDA.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from edgeattack.metrics.energy.base import Clock, Meter, MeterError, WindowData
+from edgeattack.metrics.energy.gpu_map import (
+    PciLookup,
+    cuda_pci_bus_id,
+    normalise_pci_bus_id,
+    nvml_handle_for_cuda_device,
+)
 from edgeattack.metrics.energy.sampling import DEFAULT_INTERVAL_S, Sampler, counter_delta, integrate_power
 
 __all__ = ["NvmlMeter"]
 
-_MB = 1024.0 * 1024.0
+_MIB = 1024.0 * 1024.0
 
 
 def _import_nvml() -> Any:
@@ -39,15 +52,23 @@ def _text(value: Any) -> str:
 
 
 class NvmlMeter(Meter):
-    """GPU `index` through NVML: energy counter (or integrated power), device memory, clocks."""
+    """A GPU through NVML: energy counter (or integrated power), device memory, clocks.
+
+    The GPU is CUDA device `cuda_device` (default 0), mapped to NVML by PCI bus id / UUID; or the
+    GPU at `pci_bus_id`; or NVML's own `index`. Give at most one of the three.
+    """
 
     name = "nvml"
 
     def __init__(
         self,
         *,
-        index: int = 0,
+        cuda_device: int | None = None,
+        pci_bus_id: str | None = None,
+        index: int | None = None,
         nvml: Any = None,
+        cuda_lookup: PciLookup | None = cuda_pci_bus_id,
+        environ: Mapping[str, str] | None = None,
         use_energy_counter: bool = True,
         interval_s: float | None = DEFAULT_INTERVAL_S,
         clock: Clock = time.perf_counter,
@@ -55,17 +76,30 @@ class NvmlMeter(Meter):
         min_window_s: float | None = None,
     ) -> None:
         super().__init__(clock=clock, idle_power_w=idle_power_w, min_window_s=min_window_s)
-        self.index = int(index)
+        self.target = _Target.of(cuda_device, pci_bus_id, index, cuda_lookup, environ)
         self._nvml = nvml
         self.use_energy_counter = use_energy_counter
         self._handle: Any = None
         self._counter = False
         self._counter_note = ""
         self._device: dict[str, Any] = {}
-        self._sampler = Sampler(self._read, interval_s=interval_s, clock=clock, what=f"NVML GPU {self.index}")
+        self._sampler = Sampler(self._read, interval_s=interval_s, clock=clock, what=f"NVML {self.target.label}")
 
     @classmethod
-    def available(cls, *, index: int = 0, nvml: Any = None) -> tuple[bool, str]:
+    def available(
+        cls,
+        *,
+        cuda_device: int | None = None,
+        pci_bus_id: str | None = None,
+        index: int | None = None,
+        nvml: Any = None,
+        cuda_lookup: PciLookup | None = cuda_pci_bus_id,
+        environ: Mapping[str, str] | None = None,
+    ) -> tuple[bool, str]:
+        try:
+            target = _Target.of(cuda_device, pci_bus_id, index, cuda_lookup, environ)
+        except MeterError as exc:
+            return False, str(exc)
         try:
             lib = nvml if nvml is not None else _import_nvml()
         except MeterError as exc:
@@ -76,9 +110,12 @@ class NvmlMeter(Meter):
             return False, f"NVML cannot start ({exc}): no NVIDIA driver or GPU here"
         try:
             count = int(lib.nvmlDeviceGetCount())
-            if not 0 <= index < count:
-                return False, f"NVML sees {count} GPU(s), no index {index}"
-            handle = lib.nvmlDeviceGetHandleByIndex(index)
+            if target.index is not None and not 0 <= target.index < count:
+                return False, f"NVML sees {count} GPU(s), no index {target.index}"
+            try:
+                handle, found = target.resolve(lib)
+            except MeterError as exc:
+                return False, str(exc)
             name = _text(lib.nvmlDeviceGetName(handle))
             try:
                 lib.nvmlDeviceGetTotalEnergyConsumption(handle)
@@ -86,14 +123,19 @@ class NvmlMeter(Meter):
             except Exception:
                 lib.nvmlDeviceGetPowerUsage(handle)
                 how = "power sampling (no energy counter on this GPU)"
-            return True, f"NVML GPU {index} ({name}): {how}"
+            return True, f"NVML {target.label} ({name}; {found['how']}): {how}"
         except Exception as exc:
-            return False, f"NVML cannot read GPU {index}: {exc}"
+            return False, f"NVML cannot read {target.label}: {exc}"
         finally:
             try:
                 lib.nvmlShutdown()
             except Exception:
                 pass
+
+    @property
+    def index(self) -> int | None:
+        """NVML's index of the GPU, when it was given as such."""
+        return self.target.index
 
     @property
     def sampler(self) -> Sampler:
@@ -108,7 +150,7 @@ class NvmlMeter(Meter):
         lib, handle = self._lib(), self._handle
         values = {
             "power_w": float(lib.nvmlDeviceGetPowerUsage(handle)) / 1000.0,
-            "memory_used_mb": float(lib.nvmlDeviceGetMemoryInfo(handle).used) / _MB,
+            "memory_used_mib": float(lib.nvmlDeviceGetMemoryInfo(handle).used) / _MIB,
         }
         if self._counter:
             values["energy_mj"] = float(lib.nvmlDeviceGetTotalEnergyConsumption(handle))
@@ -126,12 +168,12 @@ class NvmlMeter(Meter):
     def _start_impl(self) -> None:
         lib = self._lib()
         lib.nvmlInit()
-        self._handle = lib.nvmlDeviceGetHandleByIndex(self.index)
+        self._handle, found = self.target.resolve(lib)
         memory = lib.nvmlDeviceGetMemoryInfo(self._handle)
         self._device = {
-            "index": self.index,
+            **found,
             "name": _text(lib.nvmlDeviceGetName(self._handle)),
-            "memory_total_mb": float(memory.total) / _MB,
+            "memory_total_mib": float(memory.total) / _MIB,
             "clocks_mhz_start": self._clocks(),
         }
         self._counter, self._counter_note = False, "energy counter not requested"
@@ -179,17 +221,79 @@ class NvmlMeter(Meter):
                 warnings.append("the NVML energy counter did not advance over the window (it updates every 20-100 ms)")
         else:
             energy = integrate_power(times, power)
-        memory = sampler.values("memory_used_mb")
+        memory = sampler.values("memory_used_mib")
         return WindowData(
             energy,
             method,
-            domain_energy_j={f"gpu{self.index}": energy},
-            energy_domains=(f"gpu{self.index}",),
+            domain_energy_j={self.target.domain: energy},
+            energy_domains=(self.target.domain,),
             samples=len(sampler),
             sample_rate_hz=sampler.rate_hz(),
             warnings=warnings,
-            peak_memory_mb=float(memory.max()),
-            memory_delta_mb=float(memory.max() - memory[0]),
+            peak_memory_mib=float(memory.max()),
+            memory_delta_mib=float(memory.max() - memory[0]),
             memory_method="NVML device memory used (all processes on the GPU), peak of the samples",
             device=device,
+        )
+
+
+class _Target:
+    """Which GPU an NvmlMeter reads: a CUDA ordinal (mapped), a PCI bus id, or an NVML index."""
+
+    def __init__(
+        self,
+        cuda_device: int | None,
+        pci_bus_id: str | None,
+        index: int | None,
+        cuda_lookup: PciLookup | None,
+        environ: Mapping[str, str] | None,
+    ) -> None:
+        self.cuda_device, self.pci_bus_id, self.index = cuda_device, pci_bus_id, index
+        self.cuda_lookup, self.environ = cuda_lookup, environ
+
+    @classmethod
+    def of(
+        cls,
+        cuda_device: int | None,
+        pci_bus_id: str | None,
+        index: int | None,
+        cuda_lookup: PciLookup | None,
+        environ: Mapping[str, str] | None,
+    ) -> _Target:
+        if index is not None and (cuda_device is not None or pci_bus_id is not None):
+            raise MeterError("give the NVML meter an NVML index, or a CUDA device (and its PCI bus id), not both")
+        if index is None and cuda_device is None and pci_bus_id is None:
+            cuda_device = 0
+        if pci_bus_id is not None:
+            pci_bus_id = normalise_pci_bus_id(pci_bus_id)
+        return cls(cuda_device, pci_bus_id, index, cuda_lookup, environ)
+
+    @property
+    def label(self) -> str:
+        if self.index is not None:
+            return f"GPU index {self.index}"
+        if self.cuda_device is not None:
+            return f"CUDA device {self.cuda_device}" + (f" ({self.pci_bus_id})" if self.pci_bus_id else "")
+        return f"GPU {self.pci_bus_id}"
+
+    @property
+    def domain(self) -> str:
+        """The energy domain's name: `gpuN` for CUDA device N, `nvmlN` for NVML index N, else the bus id."""
+        if self.index is not None:
+            return f"nvml{self.index}"
+        return f"gpu{self.cuda_device}" if self.cuda_device is not None else f"gpu-{self.pci_bus_id}"
+
+    def resolve(self, lib: Any) -> tuple[Any, dict[str, Any]]:
+        """(handle, how it was found); MeterError when the GPU cannot be told."""
+        if self.index is not None:
+            return lib.nvmlDeviceGetHandleByIndex(self.index), {"nvml_index": self.index, "how": "NVML index"}
+        if self.cuda_device is None:
+            assert self.pci_bus_id is not None
+            try:
+                handle = lib.nvmlDeviceGetHandleByPciBusId(self.pci_bus_id)
+            except Exception as exc:
+                raise MeterError(f"NVML has no GPU at PCI bus id {self.pci_bus_id}: {exc}") from exc
+            return handle, {"pci_bus_id": self.pci_bus_id, "how": "PCI bus id"}
+        return nvml_handle_for_cuda_device(
+            lib, self.cuda_device, pci_bus_id=self.pci_bus_id, environ=self.environ, cuda_lookup=self.cuda_lookup
         )

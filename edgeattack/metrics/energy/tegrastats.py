@@ -62,8 +62,9 @@ def _cpu(body: str, shared_freq: str | None) -> list[dict[str, int | None] | Non
 def parse_tegrastats_line(line: str) -> dict[str, Any]:
     """The fields of one tegrastats line (absent fields are absent keys).
 
-    Keys: `timestamp`; `ram_used_mb`, `ram_total_mb`, `ram_lfb_blocks`, `ram_lfb_block_mb`;
-    `swap_used_mb`, `swap_total_mb`, `swap_cached_mb`; `iram_used_kb`, `iram_total_kb`;
+    tegrastats prints `MB` for 2**20 bytes, so those values are stored as `*_mib`.
+    Keys: `timestamp`; `ram_used_mib`, `ram_total_mib`, `ram_lfb_blocks`, `ram_lfb_block_mib`;
+    `swap_used_mib`, `swap_total_mib`, `swap_cached_mib`; `iram_used_kb`, `iram_total_kb`;
     `cpu` (per core {"load_pct", "freq_mhz"}, None when off), `cpu_load_pct` (mean of online cores),
     `cpu_online`; `emc_load_pct`, `emc_freq_mhz`; `gpu_load_pct` (GR3D_FREQ %), `gpu_freq_mhz`
     (list, one per GPC), `gpu2_*` for GR3D2; `engines_mhz` (None when off); `mts_fg_pct`,
@@ -75,14 +76,14 @@ def parse_tegrastats_line(line: str) -> dict[str, Any]:
     if m := _TIMESTAMP.match(line):
         out["timestamp"] = m.group(1)
     if m := _RAM.search(line):
-        out["ram_used_mb"], out["ram_total_mb"] = int(m.group(1)), int(m.group(2))
+        out["ram_used_mib"], out["ram_total_mib"] = int(m.group(1)), int(m.group(2))
         if m.group(3):
             out["ram_lfb_blocks"] = int(m.group(3))
-            out["ram_lfb_block_mb"] = int(m.group(4)) / (1024.0 if m.group(5) == "kB" else 1.0)
+            out["ram_lfb_block_mib"] = int(m.group(4)) / (1024.0 if m.group(5) == "kB" else 1.0)
     if m := _SWAP.search(line):
-        out["swap_used_mb"], out["swap_total_mb"] = int(m.group(1)), int(m.group(2))
+        out["swap_used_mib"], out["swap_total_mib"] = int(m.group(1)), int(m.group(2))
         if m.group(3):
-            out["swap_cached_mb"] = int(m.group(3))
+            out["swap_cached_mib"] = int(m.group(3))
     if m := _IRAM.search(line):
         out["iram_used_kb"], out["iram_total_kb"] = int(m.group(1)), int(m.group(2))
     if m := _CPU.search(line):
