@@ -29,6 +29,11 @@ def _pct(value: Any) -> str:
     return "–" if value is None else f"{100 * float(value):.1f}"
 
 
+def _span(values: list[float]) -> str:
+    low, high = _pct(min(values)), _pct(max(values))
+    return low if low == high else f"{low}–{high}"
+
+
 def _family_label(model: str, family: str | None) -> str:
     if model == ORIGINAL:
         return "original"
@@ -86,8 +91,8 @@ def headline_figures(data: Any) -> list[str]:
     ]
     if own and other:
         bullets.append(
-            f"PGD at 8/255 reaches {_pct(min(own))}–{_pct(max(own))} % ASR on its own model's fp32 engine and "
-            f"{_pct(min(other))}–{_pct(max(other))} % on the other models' fp32 engines."
+            f"PGD at 8/255 reaches {_span(own)} % ASR on its own model's fp32 engine and "
+            f"{_span(other)} % on the other models' fp32 engines."
         )
     uaps = [r for r in data.transfer if r["method"].startswith("uap") and r["engine"].startswith(f"{ORIGINAL}/")]
     for source in dict.fromkeys(r["artifact"] for r in uaps):

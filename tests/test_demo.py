@@ -46,6 +46,30 @@ def test_demo_runs_the_quickstart_and_writes_the_report(tmp_path: Path) -> None:
         assert section in html
     transfer = json.loads((out / "tables" / "transfer.json").read_text())
     assert len(transfer) == 20 * 20  # every PGD/UAP perturbation on every engine of every model
+    _check_readme_tables(out)
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--limit", "24", *settings], catch_exceptions=False)
     assert again.exit_code == 0 and f"0 ran, {len(plan)} already finished" in again.output
     assert not [line for line in again.output.splitlines() if line.startswith("quickstart: ")], "cached cells print nothing"
+
+
+def _check_readme_tables(store: Path) -> None:
+    """The README's tables come from the store by script; the twin row reads the fp32 engine, as captioned."""
+    import importlib.util
+
+    from edgeattack.experiments.report_data import report_data
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "readme_tables.py"
+    spec = importlib.util.spec_from_file_location("readme_tables", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = report_data(store)
+    block = module.render(data, 2 / 255, "2/255", "edgeattack demo --limit 24")
+    twin_row = next(line for line in block.splitlines() if line.startswith("| original's int8 twin |"))
+    expected = next(
+        r["asr"] for r in data.transfer
+        if r["artifact"] == "pgd-int8-2_255@vit_tiny_digits~int8" and r["engine"] == "vit_tiny_digits/fp32"
+    )
+    assert twin_row.split("|")[2].strip() == f"{100 * expected:.1f}"
+    readme = (script.parents[1] / "README.md").read_text()
+    assert module.BEGIN in readme and module.END in readme

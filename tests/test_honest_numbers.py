@@ -329,3 +329,17 @@ def test_a_qdq_export_prints_no_third_party_noise(tmp_path):
     notes = [line for line in done.output.splitlines() if line.startswith("note: ")]
     assert len(notes) == 1 and "from other libraries" in notes[0] and str(log) in notes[0]
     assert "Axis 1 is out-of-range" in log.read_text()
+
+
+def test_report_tables_say_why_an_asr_is_undefined_and_show_attacked_over_total():
+    from edgeattack.report.tables import COLUMNS
+
+    transfer = {c.key: c for c in COLUMNS["transfer"]}
+    assert transfer["asr"].cell({"asr": None, "n_clean_correct": 0}) == "undefined: no clean-correct image"
+    assert transfer["asr"].cell({"asr": 0.5, "n_clean_correct": 8}) == "50.0"
+    blackbox = {c.key: c for c in COLUMNS["blackbox"]}
+    assert blackbox["attacked"].cell({"images_attacked": 0, "images": 8}) == "0/8"
+    assert blackbox["eps"].cell({"eps": 8 / 255, "norm": "linf"}) == "8/255"
+    assert blackbox["attack"].cell({"attack": "square:eps=0.03137254901960784,target=random"}) == (
+        "square:eps=8/255,target=random"
+    )

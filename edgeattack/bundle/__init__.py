@@ -41,6 +41,7 @@ from .layout import SPEC_NAME as SPEC_NAME
 from .merge import load_merged_results, merge_results
 from .pack import create_bundle
 from .pack import engine_input_size as engine_input_size
+from .pack import engine_metadata as engine_metadata
 from .run import run_bundle
 from .unpack import open_bundle
 

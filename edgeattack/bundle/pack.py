@@ -72,18 +72,24 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def engine_input_size(path: Path) -> tuple[int, int, int] | None:
-    """The (C, H, W) an engine file takes, from its metadata; None where it cannot be read here."""
+def engine_metadata(path: Path) -> Any:
+    """An engine file's `EngineMetadata` (input size, labels, ...); None where it cannot be read here."""
     if path.suffix.lower() in ONNX_SUFFIXES:
         from edgeattack.engines import open_engine
 
-        return tuple(open_engine(path).input_size)  # type: ignore[return-value]
+        return open_engine(path).metadata
     from edgeattack.export.metadata import EngineMetadata, sidecar_path
 
     sidecar = sidecar_path(path)
     if not sidecar.is_file():
         return None
-    return tuple(EngineMetadata.from_json(sidecar.read_text(encoding="utf-8")).input_size)  # type: ignore[return-value]
+    return EngineMetadata.from_json(sidecar.read_text(encoding="utf-8"))
+
+
+def engine_input_size(path: Path) -> tuple[int, int, int] | None:
+    """The (C, H, W) an engine file takes, from its metadata; None where it cannot be read here."""
+    metadata = engine_metadata(path)
+    return None if metadata is None else tuple(metadata.input_size)  # type: ignore[return-value]
 
 
 def create_bundle(

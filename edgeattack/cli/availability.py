@@ -14,6 +14,7 @@ import typer
 from edgeattack._io import file_label
 from edgeattack.budget import format_eps
 from edgeattack.cli.options import (
+    AllowOverBudgetOpt,
     DataOpt,
     LimitOpt,
     ProviderOpt,
@@ -55,14 +56,7 @@ def availability_command(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory (or .json path) for the result; never overwritten.")
     ] = Path("results"),
-    allow_over_budget: Annotated[
-        bool,
-        typer.Option(
-            "--allow-over-budget",
-            help="Replay artifacts whose deltas exceed their own declared eps (refused otherwise); the result "
-            "records the measured norm.",
-        ),
-    ] = False,
+    allow_over_budget: AllowOverBudgetOpt = False,
 ) -> None:
     """Accuracy, TUR, GFLOPs, latency, memory and energy, clean vs each perturbation, with ratios."""
     from edgeattack.availability import evaluate_availability

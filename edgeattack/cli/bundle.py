@@ -74,11 +74,13 @@ def bundle_command(
     from edgeattack.bundle import create_bundle
     from edgeattack.data import PreprocessConfig, load_dataset
 
-    preprocess = None
+    preprocess, labels = None, None
     if data != "digits":
-        size = _first_input_size([*(engine or []), *(onnx_for_board or [])])
-        preprocess = PreprocessConfig(input_size=size) if size is not None else None
-    dataset = load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess)
+        metadata = _first_metadata([*(engine or []), *(onnx_for_board or [])])
+        if metadata is not None:
+            preprocess = PreprocessConfig(input_size=tuple(metadata.input_size))  # type: ignore[attr-defined]
+            labels = tuple(metadata.labels) or None  # type: ignore[attr-defined]
+    dataset = load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess, class_names=labels)
     written = create_bundle(
         out,
         dataset=dataset,
@@ -110,14 +112,15 @@ def bundle_command(
     typer.echo(f"on the board: edgeattack evaluate --bundle {written.name} -o results/")
 
 
-def _first_input_size(engines: list[Path]) -> tuple[int, int, int] | None:
-    from edgeattack.bundle import engine_input_size
+def _first_metadata(engines: list[Path]) -> object:
+    """The metadata of the first engine that has readable metadata here (its input size and labels)."""
+    from edgeattack.bundle import engine_metadata
 
     for path in engines:
         if path.is_file():
-            size = engine_input_size(path)
-            if size is not None:
-                return size
+            metadata = engine_metadata(path)
+            if metadata is not None:
+                return metadata
     return None
 
 

@@ -13,6 +13,7 @@ import typer
 from edgeattack._io import file_label
 from edgeattack.budget import format_eps
 from edgeattack.cli.options import (
+    AllowOverBudgetOpt,
     BatchOpt,
     DataOpt,
     LimitOpt,
@@ -70,14 +71,7 @@ def evaluate_command(
     latency_runs: Annotated[int, typer.Option(help="Minimum timed runs of the latency measurement.", min=1)] = 10,
     latency_seconds: Annotated[float, typer.Option(help="Minimum seconds of timed runs.", min=0.0)] = 3.0,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurement.")] = False,
-    allow_over_budget: Annotated[
-        bool,
-        typer.Option(
-            "--allow-over-budget",
-            help="Replay artifacts whose deltas exceed their own declared eps (refused otherwise); the result "
-            "records the measured norm.",
-        ),
-    ] = False,
+    allow_over_budget: AllowOverBudgetOpt = False,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory (or .json path) for the result; never overwritten.")
     ] = Path("results"),

@@ -50,6 +50,14 @@ CheckpointOpt = Annotated[
     typer.Option("--checkpoint", help="Weights file (.safetensors, or .pth loaded with weights_only=True)."),
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per engine call.", min=1)]
+AllowOverBudgetOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-over-budget",
+        help="Replay artifacts whose deltas exceed their own declared eps (refused otherwise); the result "
+        "records the measured norm.",
+    ),
+]
 QuantizeInputsOpt = Annotated[
     bool,
     typer.Option("--quantize-inputs", help="Round adversarial images to the 1/255 grid, as a uint8 camera would."),
