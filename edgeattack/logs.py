@@ -32,6 +32,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -89,6 +90,32 @@ class _ListHandler(logging.Handler):
         self.into.append((record.levelno, record.name, record.getMessage(), _kind(record)))
 
 
+@dataclass(frozen=True)
+class _Routing:
+    """Where log records and warnings go: edgeattack's logger, the root logger and `warnings.showwarning`."""
+
+    package_handlers: list[logging.Handler]
+    package_level: int
+    root_handlers: list[logging.Handler]
+    package_propagate: bool = False
+    root_level: int = logging.WARNING
+    showwarning: Any = _warning_to_log
+
+    @classmethod
+    def current(cls) -> _Routing:
+        package, root = logging.getLogger("edgeattack"), logging.getLogger()
+        return cls(package.handlers[:], package.level, root.handlers[:], package.propagate, root.level, warnings.showwarning)
+
+    def apply(self) -> None:
+        package, root = logging.getLogger("edgeattack"), logging.getLogger()
+        package.handlers[:] = self.package_handlers
+        package.setLevel(self.package_level)
+        package.propagate = self.package_propagate
+        root.handlers[:] = self.root_handlers
+        root.setLevel(self.root_level)
+        warnings.showwarning = self.showwarning
+
+
 @contextmanager
 def captured_records() -> Iterator[list[CapturedRecord]]:
     """Collect the records (edgeattack's from INFO, others' from WARNING) and warnings of a block.
@@ -96,20 +123,13 @@ def captured_records() -> Iterator[list[CapturedRecord]]:
     While it runs they reach no other handler: whoever owns the block hands them on (`replay_records`).
     """
     records: list[CapturedRecord] = []
-    package, root = logging.getLogger("edgeattack"), logging.getLogger()
-    saved = (package.handlers[:], package.level, package.propagate, root.handlers[:], root.level, warnings.showwarning)
-    package.handlers[:] = [_ListHandler(logging.INFO, records)]
-    package.setLevel(min(package.level or logging.INFO, logging.INFO))
-    package.propagate = False
-    root.handlers[:] = [_ListHandler(logging.WARNING, records)]
-    root.setLevel(logging.WARNING)
-    warnings.showwarning = _warning_to_log
+    saved = _Routing.current()
+    level = min(saved.package_level or logging.INFO, logging.INFO)
+    _Routing([_ListHandler(logging.INFO, records)], level, [_ListHandler(logging.WARNING, records)]).apply()
     try:
         yield records
     finally:
-        package.handlers[:], level, package.propagate, root.handlers[:], root_level, warnings.showwarning = saved
-        package.setLevel(level)
-        root.setLevel(root_level)
+        saved.apply()
 
 
 def replay_records(records: list[CapturedRecord] | tuple[CapturedRecord, ...], where: str) -> None:
@@ -162,42 +182,30 @@ class CommandLog:
         self._file: _LazyFile | None = None
         self._ours = _Counter(echo=not verbose)
         self._theirs = _Counter()
-        self._saved: dict[str, Any] = {}
+        self._saved: _Routing | None = None
 
     # lifecycle ---------------------------------------------------------------------------------
     def install(self) -> CommandLog:
-        package, root = logging.getLogger("edgeattack"), logging.getLogger()
-        self._saved = {
-            "package": (package.handlers[:], package.level, package.propagate),
-            "root": (root.handlers[:], root.level),
-            "showwarning": warnings.showwarning,
-        }
+        self._saved = _Routing.current()
         self._file = self._new_file(self.path)
         stderr = logging.StreamHandler(sys.stderr)
         stderr.setFormatter(logging.Formatter("%(message)s"))
         stderr.setLevel(logging.DEBUG if self.verbose else logging.ERROR)
-        package.handlers[:] = [self._file, self._ours, stderr]
-        package.setLevel(logging.DEBUG if self.verbose else logging.INFO)
-        package.propagate = False
-        theirs_file = _Shared(self, logging.WARNING)
-        root.handlers[:] = [theirs_file, self._theirs]
-        root.setLevel(logging.WARNING)
-        warnings.showwarning = _warning_to_log
+        _Routing(
+            [self._file, self._ours, stderr],
+            logging.DEBUG if self.verbose else logging.INFO,
+            [_Shared(self, logging.WARNING), self._theirs],
+        ).apply()
         CommandLog.current = self
         return self
 
     def uninstall(self) -> None:
-        if not self._saved:
+        if self._saved is None:
             return
-        package, root = logging.getLogger("edgeattack"), logging.getLogger()
-        package.handlers[:], level, package.propagate = self._saved["package"]
-        package.setLevel(level)
-        root.handlers[:], root_level = self._saved["root"]
-        root.setLevel(root_level)
-        warnings.showwarning = self._saved["showwarning"]
+        self._saved.apply()
+        self._saved = None
         if self._file is not None:
             self._file.close()
-        self._saved = {}
         if CommandLog.current is self:
             CommandLog.current = None
 

@@ -62,3 +62,12 @@ def onnx_engines(tmp_path_factory, model, test_set):
         parity_images=16,
     )
     return paths
+
+
+@pytest.fixture(scope="module")
+def fp32(onnx_engines):
+    """The fp32 ONNX engine of `onnx_engines`, opened with one ORT thread (per test module)."""
+    from edgeattack.engines import open_engine
+
+    with open_engine(onnx_engines["fp32"], intra_op_threads=1) as engine:
+        yield engine

@@ -50,12 +50,6 @@ class FailingEngine(Engine):
 
 
 @pytest.fixture(scope="module")
-def fp32(onnx_engines):
-    with open_engine(onnx_engines["fp32"], intra_op_threads=1) as engine:
-        yield engine
-
-
-@pytest.fixture(scope="module")
 def int8(onnx_engines):
     with open_engine(onnx_engines["int8"], intra_op_threads=1) as engine:
         yield engine

@@ -19,7 +19,6 @@ from edgeattack.attacks.blackbox.result import to_artifact
 from edgeattack.budget import format_eps, within_budget
 from edgeattack.cli.app import app
 from edgeattack.data.base import ImageDataset
-from edgeattack.engines import open_engine
 from edgeattack.errors import ArtifactError
 from edgeattack.evaluate import evaluate
 from edgeattack.metrics.memory import MemoryStats
@@ -28,12 +27,6 @@ from edgeattack.results import ModelSize
 pytest.importorskip("onnxruntime")
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def fp32(onnx_engines):
-    with open_engine(onnx_engines["fp32"], intra_op_threads=1) as engine:
-        yield engine
 
 
 @pytest.fixture(scope="module")
