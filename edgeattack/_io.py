@@ -71,3 +71,8 @@ def file_label(text: str, max_length: int = 80) -> str:
     if text.startswith("folder:"):
         text = Path(text.removeprefix("folder:")).name or "folder"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:max_length] or "unnamed"
+
+
+def dataset_file_label(name: str, split: str) -> str:
+    """`<dataset>-<split>` for result and artifact file names (`imagenet-test-val`, never `folder:/data/...`)."""
+    return f"{file_label(name)}-{file_label(split)}"

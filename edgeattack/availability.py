@@ -353,7 +353,7 @@ def _evaluate(
     return AvailabilityResult(
         engine={**engine.describe(), "sha256": sha256_file(engine.source) if Path(engine.source).is_file() else None},
         dataset={"spec": dataset.spec, "name": dataset.name, "split": dataset.split, "seed": dataset.seed,
-                 "n_images": len(dataset)},
+                 "n_images": len(dataset), "selection": dataset.selection},
         token_sparsity=info or None,
         tur_reason=reason,
         passes=tuple(results),

@@ -13,7 +13,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BUDGET_ABS_TOLERANCE", "BUDGET_REL_TOLERANCE", "format_eps", "measured_norms", "within_budget"]
+__all__ = [
+    "BUDGET_ABS_TOLERANCE",
+    "BUDGET_REL_TOLERANCE",
+    "format_eps",
+    "measured_norms",
+    "over_budget_note",
+    "selection_note",
+    "within_budget",
+]
 
 BUDGET_REL_TOLERANCE = 1e-5
 """Relative slack of the budget check: float32 clipping (`x0 + clip(delta)` then `- x0`) and a float32
@@ -56,3 +64,17 @@ def measured_norms(delta: np.ndarray, norm: str) -> np.ndarray | None:
 def within_budget(value: float | np.ndarray, eps: float) -> bool | np.ndarray:
     """Whether a measured norm keeps to `eps`, up to the float32 slack of `BUDGET_*_TOLERANCE`."""
     return value <= eps * (1.0 + BUDGET_REL_TOLERANCE) + BUDGET_ABS_TOLERANCE
+
+
+def over_budget_note(label: str, norm: str | None, eps: float | None, measured: float | None) -> str:
+    """The line a replay of an over-budget artifact prints beside its results."""
+    return (
+        f"{label}: OVER BUDGET, replayed with --allow-over-budget: declared {norm} eps {format_eps(eps, norm)}, "
+        f"measured largest delta {format_eps(measured, norm)}"
+    )
+
+
+def selection_note(selection: str) -> str:
+    """How a split's images were chosen, for a table title: '' for all of them."""
+    shown = {"stratified": "a seeded class-stratified subset", "random": "a seeded random subset", "first": "the first of the split"}
+    return f"; {shown[selection]}" if selection in shown else ""

@@ -295,6 +295,7 @@ def _run(
             seed=dataset.seed,
             n_images=n,
             input_size=tuple(dataset.input_shape),
+            selection=dataset.selection,
         ),
         clean=CleanResult(
             n_images=n,

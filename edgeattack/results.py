@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeattack import __version__
-from edgeattack._io import file_label, no_overwrite_path
+from edgeattack._io import dataset_file_label, no_overwrite_path
 from edgeattack.attacks.blackbox.result import BLACKBOX_DEFINITIONS, BlackBoxResult, WorstCase
 from edgeattack.errors import ResultError
 from edgeattack.metrics.accuracy import METRIC_DEFINITIONS, AccuracyMetrics, NormSummary
@@ -104,6 +104,13 @@ class DatasetInfo:
     seed: int
     n_images: int
     input_size: tuple[int, int, int]
+    selection: str = ""
+    """How the images were chosen from the split when not all were ("stratified", "random", "first")."""
+
+    @property
+    def file_label(self) -> str:
+        """`<dataset>-<split>` as a piece of a file name (a folder's own name, never its absolute path)."""
+        return dataset_file_label(self.name, self.split)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +120,7 @@ class DatasetInfo:
             "seed": self.seed,
             "n_images": self.n_images,
             "input_size": list(self.input_size),
+            "selection": self.selection,
         }
 
     @classmethod
@@ -124,6 +132,7 @@ class DatasetInfo:
             seed=int(doc["seed"]),
             n_images=int(doc["n_images"]),
             input_size=tuple(int(v) for v in doc["input_size"]),  # type: ignore[arg-type]
+            selection=str(doc.get("selection") or ""),
         )
 
 
@@ -343,7 +352,7 @@ class EvaluationResult:
         target = Path(path)
         if target.is_dir():
             engine_name = Path(str(self.engine.get("source", "engine"))).stem or "engine"
-            target = target / f"{engine_name}__{file_label(self.dataset.name)}-{file_label(self.dataset.split)}.json"
+            target = target / f"{engine_name}__{self.dataset.file_label}.json"
         return write_new_file(target, self.to_json().encode("utf-8"))
 
     def rows(self) -> list[dict[str, Any]]:

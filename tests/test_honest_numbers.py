@@ -241,6 +241,16 @@ def test_result_file_names_never_embed_a_dataset_path(onnx_engines, tmp_path):
     (written,) = out.iterdir()
     assert written.name == "eval-vit_fp32-imagenet-test-all.json"
     assert str(tmp_path) not in written.name
+    # --limit on a folder says, in the table and the result, which images it took
+    limited = runner.invoke(
+        app,
+        ["evaluate", "-e", str(onnx_engines["fp32"]), "--data", str(root), "--split", "all", "--limit", "2",
+         "--no-latency", "-o", str(tmp_path / "limited")],
+    )
+    assert limited.exit_code == 0, limited.output
+    assert "2 images; a seeded class-stratified subset" in " ".join(limited.output.split())
+    doc = json.loads(next((tmp_path / "limited").glob("*.json")).read_text())
+    assert doc["dataset"]["selection"] == "stratified" and doc["dataset"]["n_images"] == 2
 
 
 def test_availability_refuses_an_over_budget_artifact_unless_allowed(fp32, few, onnx_engines, tmp_path):

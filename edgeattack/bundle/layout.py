@@ -104,6 +104,7 @@ class Bundle:
             seed=int(info["seed"]),
             indices=arrays["indices"],
             class_names=tuple(str(c) for c in info.get("class_names", ())),
+            selection=str(info.get("selection") or ""),
         )
 
     def describe(self) -> dict[str, Any]:

@@ -254,6 +254,7 @@ def create_bundle(
             "n_images": len(dataset),
             "input_size": list(input_size),
             "class_names": list(dataset.class_names),
+            "selection": dataset.selection,
             "source": dataset_source,
             **data_members,
         },

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeattack._io import file_label, sha256_file
+from edgeattack._io import dataset_file_label, sha256_file
 from edgeattack.errors import EngineError
 from edgeattack.results import EvaluationResult
 
@@ -114,7 +114,7 @@ def run_bundle(
                 **extra,
             )
         result = _tag(result, bundle, entry, run_id, providers, threads, built, artifact_names)
-        written = result.save(out / f"{Path(entry.name).stem}__{file_label(dataset.name)}-{file_label(dataset.split)}.json")
+        written = result.save(out / f"{Path(entry.name).stem}__{dataset_file_label(dataset.name, dataset.split)}.json")
         if paths is not None:
             paths.append(written)
         results.append(result)

@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from edgeattack._io import file_label
-from edgeattack.budget import format_eps
+from edgeattack._io import dataset_file_label, file_label
+from edgeattack.budget import over_budget_note, selection_note
 from edgeattack.cli.options import (
     AllowOverBudgetOpt,
     DataOpt,
@@ -81,7 +81,7 @@ def availability_command(
                 progress=lambda total, steps: advance(steps, total=total),
                 allow_over_budget=allow_over_budget,
             )
-    name = f"availability-{file_label(Path(engine).stem)}-{file_label(dataset.name)}-{file_label(dataset.split)}.json"
+    name = f"availability-{file_label(Path(engine).stem)}-{dataset_file_label(dataset.name, dataset.split)}.json"
     target = out if out.suffix == ".json" else out / name
     written = result.save(target)
     print_availability(result)
@@ -98,7 +98,10 @@ def print_availability(result: object) -> None:
 
     assert isinstance(result, AvailabilityResult)
     info = result.token_sparsity or {}
-    title = f"{Path(str(result.engine.get('source'))).name} ({info.get('mechanism', 'not token-sparse')}) on {result.dataset['spec']}"
+    title = (
+        f"{Path(str(result.engine.get('source'))).name} ({info.get('mechanism', 'not token-sparse')}) on "
+        f"{result.dataset['spec']}{selection_note(str(result.dataset.get('selection') or ''))}"
+    )
     table = Table(title=escape(title))
     columns = ("pass", "images", "accuracy", "kept", "tur", "gflops", "lat_med_ms", "lat_mean_ms", "measured_mJ",
                "estimate_mJ*", "x latency", "x gflops", "tur gap closed")
@@ -133,12 +136,7 @@ def print_availability(result: object) -> None:
     )
     for p in result.passes:
         if p.over_budget:
-            console.print(
-                escape(
-                    f"{p.label}: OVER BUDGET, replayed with --allow-over-budget: declared {p.norm} eps "
-                    f"{format_eps(p.eps, p.norm)}, measured largest delta {format_eps(p.delta_max_norm, p.norm)}"
-                )
-            )
+            console.print(escape(over_budget_note(p.label, p.norm, p.eps, p.delta_max_norm)))
     if any(p.skipped for p in result.passes):
         console.print("images (-n): a per-image artifact covering part of the split; its ratios use the clean pass "
                       "over its own images (clean_reference in the JSON)")

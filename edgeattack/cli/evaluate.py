@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from edgeattack._io import file_label
-from edgeattack.budget import format_eps
+from edgeattack._io import dataset_file_label, file_label
+from edgeattack.budget import format_eps, over_budget_note, selection_note
 from edgeattack.cli.options import (
     AllowOverBudgetOpt,
     BatchOpt,
@@ -191,7 +191,7 @@ def _evaluate_one(
                 progress=advance_with_total(advance),
                 allow_over_budget=allow_over_budget,
             )
-    target = out / f"eval-{file_label(Path(engine).stem)}-{file_label(dataset.name)}-{file_label(dataset.split)}.json" if out.suffix != ".json" else out
+    target = out / f"eval-{file_label(Path(engine).stem)}-{dataset_file_label(dataset.name, dataset.split)}.json" if out.suffix != ".json" else out
     return result, result.save(target)
 
 
@@ -248,7 +248,7 @@ def _transfer(
     directory = out if out.suffix != ".json" else out.parent
     for result in report.results[: len(engines)]:
         print_result(result)
-    written = report.save(directory / f"transfer-blackbox-{file_label(dataset.name)}-{file_label(dataset.split)}.json")
+    written = report.save(directory / f"transfer-blackbox-{dataset_file_label(dataset.name, dataset.split)}.json")
     print_transfer(report)
     typer.echo(f"result: {written}")
     _report_failures([(b, written) for r in report.results for b in r.blackbox if b.error])
@@ -282,7 +282,8 @@ def print_result(result: object) -> None:
     engine = result.engine
     title = (
         f"{Path(str(engine.get('source'))).name} [{engine.get('precision')}] on {result.dataset.spec} "
-        f"({result.dataset.n_images} images; providers: {', '.join(engine.get('providers') or [])})"
+        f"({result.dataset.n_images} images{selection_note(result.dataset.selection)}; "
+        f"providers: {', '.join(engine.get('providers') or [])})"
     )
     table = Table(title=escape(title))
     for column in ("perturbation", "kind", "eps", "images", "clean_acc", "adv_acc", "asr", "fooling_rate", "linf_med", "l2_med"):
@@ -306,12 +307,7 @@ def print_result(result: object) -> None:
     console.print(table)
     for item in result.perturbations:
         if item.over_budget:
-            console.print(
-                escape(
-                    f"{item.label}: OVER BUDGET, replayed with --allow-over-budget: declared {item.norm} eps "
-                    f"{format_eps(item.eps, item.norm)}, measured largest delta {format_eps(item.delta_max_norm, item.norm)}"
-                )
-            )
+            console.print(escape(over_budget_note(item.label, item.norm, item.eps, item.delta_max_norm)))
     if result.blackbox:
         console.print(_blackbox_table(result))
     worst = result.blackbox_worst_case

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeattack._io import file_label, no_overwrite_path, sha256_file
+from edgeattack._io import dataset_file_label, file_label, no_overwrite_path, sha256_file
 from edgeattack.artifacts import PerturbationArtifact
 from edgeattack.attacks.blackbox.base import BlackBoxOutcome
 from edgeattack.attacks.blackbox.oracle import EngineOracle
@@ -91,7 +91,7 @@ def run_blackbox(
     )
     saved = None
     if artifact_dir is not None and outcome.completed.any():
-        name = f"bb-{file_label(spec.display)}-{file_label(Path(engine.name).stem)}-{file_label(dataset.name)}-{file_label(dataset.split)}.npz"
+        name = f"bb-{file_label(spec.display)}-{file_label(Path(engine.name).stem)}-{dataset_file_label(dataset.name, dataset.split)}.npz"
         saved = artifact.save(no_overwrite_path(Path(artifact_dir) / name))
     result = summarise(
         outcome,
