@@ -50,6 +50,44 @@ CheckpointOpt = Annotated[
     typer.Option("--checkpoint", help="Weights file (.safetensors, or .pth loaded with weights_only=True)."),
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per engine call.", min=1)]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where PyTorch computes: auto (the first GPU if any, else the CPU), cpu, cuda or cuda:N. "
+        "Recorded in the artifact/result.",
+    ),
+]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Autocast policy: fp32 (none), bf16 (CPU or CUDA) or fp16 (CUDA; training adds a gradient "
+        "scaler). Attack perturbations and gradients stay float32; TF32 stays off.",
+    ),
+]
+PretrainedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--pretrained",
+        help="For a timm name: ask timm for its pretrained weights (online, or from a local Hugging Face cache).",
+    ),
+]
+RandomWeightsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--random-weights",
+        help="For a timm name: use random weights on purpose (without this, --pretrained or --checkpoint is needed).",
+    ),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="Craft only shard I of N (I/N, 0-based) of the images; `edgeattack merge` joins the shards. "
+        "Under torchrun the rank and world size choose the shard.",
+    ),
+]
 AllowOverBudgetOpt = Annotated[
     bool,
     typer.Option(
