@@ -35,11 +35,11 @@ def build(out: Path) -> list[tuple[str, Path, float | None]]:  # (name, path, no
     torch.manual_seed(0)
     torch.set_num_threads(1)
     engines: list[tuple[str, Path, float | None]] = []
-    dense = create_model("deit_tiny_patch16_224", pretrained=False)
+    dense = create_model("deit_tiny_patch16_224", random_weights=True)
     engines.append(("dense DeiT-Ti (timm)", out / "dense.onnx", 1.0))
     export_onnx(dense, engines[-1][1])
     for mode in ("physical", "masked"):
-        model = create_model("avit_deit_tiny_patch16_224", gate_center=1e6, drop_mode=mode)
+        model = create_model("avit_deit_tiny_patch16_224", random_weights=True, gate_center=1e6, drop_mode=mode)
         model.load_state_dict(
             {k: v for k, v in dense.state_dict().items() if k in model.state_dict()}, strict=False
         )

@@ -1,32 +1,50 @@
 """The perturbation artifact (DESIGN.md): one `.npz` that any engine can replay, no pickle inside.
 
-Arrays: `delta` float32 [K,C,H,W] (K=1 universal, K=#classes class-universal, K=N per-image),
-`indices` int64 (dataset indices, per-image only), optional `mask`/`patch` for patch attacks,
-and `meta`, a JSON string. Loading uses `np.load(allow_pickle=False)`, so an object array is
-refused instead of executed.
+Arrays: the deltas, float32 [K,C,H,W] once read (K=1 universal, K=#classes class-universal, K=N
+per-image), `indices` int64 (dataset indices, per-image only), optional `mask`/`patch` for patch
+attacks, and `meta`, a JSON string. Schema 2 (written now) stores the deltas in compressed shards
+(`delta_00000.npy`, ...; 1/255-grid rows as int8/int16 levels, see `artifact_shards`) described by
+`meta["storage"]`; loading a per-image one reads no delta until `apply` needs it (`delta` is then a
+lazy `ShardedDeltas`). Schema 1 (one `delta` float32 array) still loads. `ArtifactWriter` streams
+an artifact to disk a shard at a time. Loading uses `np.load(allow_pickle=False)` and `zipfile`, so
+an object array is refused instead of executed.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeattack import __version__
-from edgeattack._io import atomic_write_bytes
+from edgeattack.artifact_shards import ShardedDeltas, ShardLayout
+from edgeattack.artifact_writer import ArtifactWriter
 from edgeattack.budget import format_eps, measured_norms, within_budget
 from edgeattack.errors import ArtifactError
 
+__all__ = [
+    "KINDS",
+    "NORMS",
+    "SCHEMA_VERSION",
+    "ArtifactMeta",
+    "ArtifactWriter",
+    "PerturbationArtifact",
+    "ReplayCoverage",
+    "check_replay",
+    "quantize_to_grid",
+]
+
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KINDS = ("universal", "class_universal", "per_image")
 NORMS = ("linf", "l2", "none")
 
@@ -48,6 +66,7 @@ class ArtifactMeta:
     created: str = ""
     version: str = __version__
     schema_version: int = SCHEMA_VERSION
+    storage: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         document = {
@@ -65,6 +84,8 @@ class ArtifactMeta:
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "version": self.version,
         }
+        if self.storage:
+            document["storage"] = self.storage
         return json.dumps(document, allow_nan=False)
 
     @classmethod
@@ -90,6 +111,7 @@ class ArtifactMeta:
                 created=str(doc.get("created", "")),
                 version=str(doc.get("version", "")),
                 schema_version=schema,
+                storage=dict(doc.get("storage") or {}),
             )
         except ArtifactError:
             raise
@@ -99,45 +121,59 @@ class ArtifactMeta:
 
 @dataclass(frozen=True)
 class PerturbationArtifact:
-    """Perturbations plus their meta; `apply` puts them on a dataset's images."""
+    """Perturbations plus their meta; `apply` puts them on a dataset's images.
 
-    delta: np.ndarray
+    `delta` is an ndarray, or for a loaded schema-2 per-image artifact a lazy `ShardedDeltas`
+    (indexing it reads only the shards needed). Construction checks shapes and kinds, and that an
+    in-memory delta is finite; a lazy one is checked shard by shard as it is read (`validate()`
+    reads all of it).
+    """
+
+    delta: np.ndarray | ShardedDeltas
     meta: ArtifactMeta
     indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     mask: np.ndarray | None = None
     patch: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        delta = np.ascontiguousarray(self.delta, dtype=np.float32)
-        indices = np.asarray(self.indices, dtype=np.int64)
-        object.__setattr__(self, "delta", delta)
-        object.__setattr__(self, "indices", indices)
-        self.validate()
+        if not isinstance(self.delta, ShardedDeltas):
+            object.__setattr__(self, "delta", np.ascontiguousarray(self.delta, dtype=np.float32))
+        object.__setattr__(self, "indices", np.asarray(self.indices, dtype=np.int64))
+        self._validate_structure()
+        if not self.lazy and not np.isfinite(self.delta).all():
+            raise ArtifactError("delta holds NaN or infinite values")
+
+    @property
+    def lazy(self) -> bool:
+        """Whether `delta` is read from its file on demand."""
+        return isinstance(self.delta, ShardedDeltas)
 
     def validate(self) -> None:
-        """Raise ArtifactError unless shapes, kind and values agree with each other."""
+        """Raise ArtifactError unless shapes, kind and values agree (a lazy delta is read shard by shard, once)."""
+        self._validate_structure()
+        if self.lazy:
+            self.delta.stats()  # type: ignore[union-attr]  # raises on a non-finite or corrupt shard
+        elif not np.isfinite(self.delta).all():
+            raise ArtifactError("delta holds NaN or infinite values")
+
+    def _validate_structure(self) -> None:
         m = self.meta
+        shape = tuple(self.delta.shape)
         if m.kind not in KINDS:
             raise ArtifactError(f"unknown artifact kind {m.kind!r}; expected one of {', '.join(KINDS)}")
-        if self.delta.ndim != 4:
-            raise ArtifactError(f"delta must be [K,C,H,W], got shape {self.delta.shape}")
-        if tuple(self.delta.shape[1:]) != tuple(m.input_size):
-            raise ArtifactError(f"delta shape {self.delta.shape[1:]} disagrees with meta input_size {m.input_size}")
-        if not np.isfinite(self.delta).all():
-            raise ArtifactError("delta holds NaN or infinite values")
-        if m.kind == "universal" and self.delta.shape[0] != 1:
-            raise ArtifactError(f"a universal artifact holds one delta, this one {self.delta.shape[0]}")
+        if len(shape) != 4:
+            raise ArtifactError(f"delta must be [K,C,H,W], got shape {shape}")
+        if shape[1:] != tuple(m.input_size):
+            raise ArtifactError(f"delta shape {shape[1:]} disagrees with meta input_size {m.input_size}")
+        if m.kind == "universal" and shape[0] != 1:
+            raise ArtifactError(f"a universal artifact holds one delta, this one {shape[0]}")
         if m.kind == "per_image":
-            if self.indices.shape != (self.delta.shape[0],):
-                raise ArtifactError(
-                    f"per-image artifact: {self.delta.shape[0]} deltas but {self.indices.size} indices"
-                )
+            if self.indices.shape != (shape[0],):
+                raise ArtifactError(f"per-image artifact: {shape[0]} deltas but {self.indices.size} indices")
             if len(np.unique(self.indices)) != self.indices.size:
                 raise ArtifactError("per-image artifact has repeated dataset indices")
-        for name in ("mask", "patch"):
-            extra = getattr(self, name)
-            if extra is not None and extra.shape[-2:] != self.delta.shape[-2:] and name == "mask":
-                raise ArtifactError(f"{name} shape {extra.shape} does not fit delta {self.delta.shape}")
+        if self.mask is not None and self.mask.shape[-2:] != shape[-2:]:
+            raise ArtifactError(f"mask shape {self.mask.shape} does not fit delta {shape}")
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -145,11 +181,22 @@ class PerturbationArtifact:
 
     def linf(self) -> np.ndarray:
         """Per-delta L-infinity norm."""
+        if self.lazy:
+            return self.delta.stats().linf  # type: ignore[union-attr]
         return np.abs(self.delta).reshape(self.delta.shape[0], -1).max(axis=1)
+
+    @cached_property
+    def _norms(self) -> np.ndarray | None:
+        if not self.lazy:
+            return measured_norms(self.delta, self.meta.norm)  # type: ignore[arg-type]
+        if self.meta.norm not in ("linf", "l2"):
+            return None
+        stats = self.delta.stats()  # type: ignore[union-attr]
+        return stats.linf if self.meta.norm == "linf" else stats.l2
 
     def max_norm(self) -> float | None:
         """The largest delta's norm in the artifact's own norm (None for norm "none" or no deltas)."""
-        norms = measured_norms(self.delta, self.meta.norm)
+        norms = self._norms
         return None if norms is None or norms.size == 0 else float(norms.max())
 
     def over_budget(self) -> bool:
@@ -216,9 +263,13 @@ class PerturbationArtifact:
             adversarial = quantize_to_grid(adversarial)
         return adversarial
 
+    @cached_property
+    def _row_of(self) -> dict[int, int]:
+        return {int(i): row for row, i in enumerate(self.indices)}
+
     def positions_for(self, indices: np.ndarray) -> np.ndarray:
         """Row of `delta` for each dataset index; ArtifactError names indices the artifact lacks."""
-        lookup = {int(i): row for row, i in enumerate(self.indices)}
+        lookup = self._row_of
         missing = [int(i) for i in indices if int(i) not in lookup]
         if missing:
             raise ArtifactError(
@@ -227,34 +278,37 @@ class PerturbationArtifact:
             )
         return np.fromiter((lookup[int(i)] for i in indices), dtype=np.int64, count=len(indices))
 
+    def fits_dataset(self, name: str, split: str) -> bool:
+        """Whether this artifact replays on split `split` of dataset `name`: a universal or
+        class-universal perturbation on any split of the dataset it was fitted on (fit on train,
+        replay on val), a per-image one only on its own split (its indices are positions there)."""
+        if self.meta.dataset != name:
+            return False
+        return self.meta.kind != "per_image" or self.meta.split == split
+
     def covers(self, indices: np.ndarray) -> np.ndarray:
         """Boolean mask: which dataset indices this artifact can be applied to."""
         if self.meta.kind != "per_image":
             return np.ones(len(indices), dtype=bool)
-        known = {int(i) for i in self.indices}
+        known = self._row_of
         return np.fromiter((int(i) in known for i in indices), dtype=bool, count=len(indices))
 
-    def save(self, path: str | Path) -> Path:
-        """Write the artifact atomically as an uncompressed-pickle-free `.npz`."""
-        arrays: dict[str, np.ndarray] = {
-            "delta": self.delta,
-            "indices": self.indices,
-            "meta": np.asarray(self.meta.to_json()),
-        }
-        if self.mask is not None:
-            arrays["mask"] = np.asarray(self.mask, dtype=np.float32)
-        if self.patch is not None:
-            arrays["patch"] = np.asarray(self.patch, dtype=np.float32)
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
-        return atomic_write_bytes(path, buffer.getvalue())
+    def save(self, path: str | Path, *, shard_size: int = 256) -> Path:
+        """Write the artifact atomically as a schema-2 `.npz` (`ArtifactWriter`); the path written."""
+        with ArtifactWriter(path, self.meta, shard_size=shard_size) as writer:
+            per_image = self.meta.kind == "per_image"
+            for begin in range(0, len(self.delta), shard_size):
+                rows = slice(begin, begin + shard_size)
+                writer._append(self.delta[rows], self.indices[rows] if per_image else None)
+            for name in ("mask", "patch"):
+                extra = getattr(self, name)
+                if extra is not None:
+                    writer._set_extra(name, extra)
+            return writer.close()
 
     @classmethod
     def load(cls, path: str | Path) -> PerturbationArtifact:
-        """Read and validate an artifact; pickled content and malformed files raise ArtifactError."""
+        """Read and check an artifact (a per-image schema-2 one lazily); malformed or pickled files raise ArtifactError."""
         path = Path(path)
         if not path.is_file():
             raise ArtifactError(f"perturbation artifact {path} does not exist")
@@ -263,25 +317,41 @@ class PerturbationArtifact:
         try:
             with np.load(path, allow_pickle=False) as archive:
                 names = set(archive.files)
-                for required in ("delta", "meta"):
-                    if required not in names:
-                        raise ArtifactError(f"{path} is not a perturbation artifact: no {required!r} array")
+                if "meta" not in names:
+                    raise ArtifactError(f"{path} is not a perturbation artifact: no 'meta' array")
                 meta = ArtifactMeta.from_json(str(archive["meta"][()]))
-                return cls(
-                    delta=archive["delta"],
-                    meta=meta,
-                    indices=archive["indices"] if "indices" in names else np.zeros(0, dtype=np.int64),
-                    mask=archive["mask"] if "mask" in names else None,
-                    patch=archive["patch"] if "patch" in names else None,
-                )
-        except ArtifactError:
-            raise
+                arrays = {n: archive[n] for n in ("indices", "mask", "patch") if n in names}
+                if meta.schema_version >= 2 and meta.storage:
+                    delta: np.ndarray | ShardedDeltas = _open_shards(path, meta)
+                    if meta.kind != "per_image":
+                        delta = np.asarray(delta)
+                elif "delta" in names:
+                    delta = archive["delta"]
+                else:
+                    raise ArtifactError(f"{path} is not a perturbation artifact: no 'delta' array and no shard storage")
+            return cls(
+                delta=delta,
+                meta=meta,
+                indices=arrays.get("indices", np.zeros(0, dtype=np.int64)),
+                mask=arrays.get("mask"),
+                patch=arrays.get("patch"),
+            )
+        except ArtifactError as exc:
+            raise exc if str(path) in str(exc) else ArtifactError(f"{path}: {exc}") from exc
         except ValueError as exc:
             if "pickle" in str(exc).lower():
                 raise ArtifactError(f"{path} holds pickled objects; refusing to load it (allow_pickle=False)") from exc
             raise ArtifactError(f"{path} is not a valid artifact: {exc}") from exc
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
             raise ArtifactError(f"{path} is corrupt or not an .npz file: {exc}") from exc
+
+
+def _open_shards(path: Path, meta: ArtifactMeta) -> ShardedDeltas:
+    """The lazy deltas of a schema-2 artifact, after checking its shard members' headers against the meta."""
+    layout = ShardLayout.from_storage(meta.storage, path)
+    with zipfile.ZipFile(path) as archive:
+        layout.check_members(archive, path, meta.input_size)
+    return ShardedDeltas(path, layout, meta.input_size)
 
 
 @dataclass(frozen=True)
@@ -315,10 +385,10 @@ def check_replay(
             f"perturbation {label} is for inputs of size {tuple(meta.input_size)} but engine {engine} "
             f"takes {tuple(input_size)}"
         )
-    if meta.dataset != dataset.name:
+    if not artifact.fits_dataset(dataset.name, dataset.split):
         raise ArtifactError(
-            f"perturbation {label} was crafted on dataset {meta.dataset!r} ({meta.dataset}:{meta.split}) "
-            f"but is replayed on {dataset.spec}"
+            f"perturbation {label} was crafted on {meta.dataset}:{meta.split} but is replayed on {dataset.spec}"
+            + ("; a per-image perturbation replays only on the split it was crafted on" if meta.dataset == dataset.name else "")
         )
     max_norm = artifact.check_budget(label=f"perturbation {label}", allow_over_budget=allow_over_budget)
     positions = np.flatnonzero(artifact.covers(dataset.indices))

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,14 +67,17 @@ __all__ = ["AVAILABILITY_KIND", "AvailabilityPass", "AvailabilityResult", "evalu
 logger = logging.getLogger(__name__)
 
 def _pass_energy(
-    engine: Engine, images: np.ndarray, meter: Any, window_s: float, gflops: float | None
+    engine: Engine, images_fn: Callable[[], np.ndarray], meter: Any, window_s: float, gflops: float | None
 ) -> dict[str, Any]:
-    """The energy block: a measurement when `meter` measures (else null with the reason), and the estimate."""
+    """The energy block: a measurement when `meter` measures (else null with the reason), and the estimate.
+
+    `images_fn` gives the images to measure on; it is called only when the meter measures."""
     from edgeattack.metrics.energy import energy_summary, measure_energy
 
     if meter is None or getattr(meter, "kind", "none") != "measured":
         reason = NO_METER_REASON if meter is None else str(getattr(meter, "reason", None) or NO_METER_REASON)
         return energy_summary(None, gflops_per_inference=gflops, reason=reason)
+    images = images_fn()
     if len(images) == 0:
         return energy_summary(None, gflops_per_inference=gflops, reason="no image to measure")
     batch = np.ascontiguousarray(images)
@@ -88,24 +91,49 @@ def _ratio(adv: float | None, clean: float | None) -> float | None:
 
 @dataclass
 class _Pass:
+    """One pass: the clean images, or an artifact applied to the images it covers, made batch by batch."""
+
     label: str
     method: str
     params: dict[str, Any]
-    images: np.ndarray
     positions: np.ndarray
-    """Positions in the dataset of `images` (all of them for the clean pass)."""
+    """Positions in the dataset of the pass's images (all of them for the clean pass)."""
+    artifact: PerturbationArtifact | None = None
     path: str | None = None
     skipped: int = 0
     budget: dict[str, Any] = field(default_factory=dict)
     """eps, norm, delta_max_norm and over_budget of the artifact (empty for the clean pass)."""
 
-    def rows(self, positions: np.ndarray) -> np.ndarray:
-        """Rows of `images` holding the dataset `positions` (which this pass covers)."""
-        return np.searchsorted(self.positions, positions)
+    def images(self, dataset: ImageDataset, positions: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+        """This pass's images at the dataset `positions` (which it covers): clean, or the artifact applied."""
+        return _perturb(self.artifact, dataset, positions, dataset.images[positions], bounds)
+
+    def batches(
+        self, dataset: ImageDataset, batch_size: int, bounds: tuple[float, float], positions: np.ndarray | None = None
+    ) -> Iterator[np.ndarray]:
+        """This pass's images over `positions` (default: all it covers), `batch_size` at a time."""
+        chosen = self.positions if positions is None else positions
+        batches = dataset.batches(batch_size, positions=chosen)
+        for start, (clean, _) in zip(range(0, len(chosen), batch_size), batches, strict=True):
+            yield _perturb(self.artifact, dataset, chosen[start : start + batch_size], clean, bounds)
 
     @property
     def full(self) -> bool:
         return self.skipped == 0
+
+
+def _perturb(
+    artifact: PerturbationArtifact | None,
+    dataset: ImageDataset,
+    positions: np.ndarray,
+    clean: np.ndarray,
+    bounds: tuple[float, float],
+) -> np.ndarray:
+    if artifact is None:
+        return clean
+    return artifact.apply(
+        clean, labels=dataset.labels[positions], indices=dataset.indices[positions], bounds=bounds
+    )
 
 
 def _prepare_passes(
@@ -114,10 +142,11 @@ def _prepare_passes(
     engine: Engine,
     allow_over_budget: bool = False,
 ) -> list[_Pass]:
-    """Load every artifact, check it as every replay does (`check_replay`), and apply it to the images
-    it covers; a partial artifact's ratios compare it with the clean pass over the same images."""
+    """Load every artifact and check it as every replay does (`check_replay`); its images are made
+    batch by batch when the passes run. A partial artifact's ratios compare it with the clean pass
+    over the same images."""
     everything = np.arange(len(dataset))
-    passes = [_Pass("clean", "clean", {}, dataset.images, everything)]
+    passes = [_Pass("clean", "clean", {}, everything)]
     for source in perturbations:
         artifact = source if isinstance(source, PerturbationArtifact) else PerturbationArtifact.load(source)
         path = None if isinstance(source, PerturbationArtifact) else str(source)
@@ -127,23 +156,19 @@ def _prepare_passes(
             engine=engine.name, allow_over_budget=allow_over_budget,
         )
         positions, skipped = coverage.positions, coverage.skipped
-        adversarial = artifact.apply(
-            dataset.images[positions], labels=dataset.labels[positions], indices=dataset.indices[positions],
-            bounds=engine.bounds,
-        )
         name = Path(path).name if path else f"{meta.method} ({meta.kind})"
         budget = {
             "eps": meta.eps, "norm": meta.norm, "delta_max_norm": coverage.max_norm,
             "over_budget": artifact.over_budget(),
         }
-        passes.append(_Pass(name, meta.method, dict(meta.params), adversarial, positions, path, skipped, budget))
+        passes.append(_Pass(name, meta.method, dict(meta.params), positions, artifact, path, skipped, budget))
     return passes
 
 
-def _count_pass(engine: Engine, images: np.ndarray, batch_size: int, has_counts: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _count_pass(engine: Engine, batches: Iterable[np.ndarray], has_counts: bool) -> tuple[np.ndarray, np.ndarray | None]:
     preds, counts = [], []
-    for start in range(0, len(images), batch_size):
-        outputs = engine.run(images[start : start + batch_size])
+    for batch in batches:
+        outputs = engine.run(batch)
         logits = outputs["logits"]
         if not np.isfinite(logits).all():
             raise EngineError(f"engine {engine.name} returned NaN or infinite logits")
@@ -164,22 +189,27 @@ def _timed_groups(p: _Pass, latency_images: int, batch: int) -> list[Group]:
 
 
 def _interleaved_latency(
-    engine: Engine, passes: list[_Pass], groups: list[list[Group]], rounds: int, warmup: int
+    engine: Engine, dataset: ImageDataset, passes: list[_Pass], groups: list[list[Group]], rounds: int, warmup: int
 ) -> dict[tuple[int, Group], float]:
     """Median of `rounds` timings (ms) per (pass, group): the clean pass is timed on every group any pass
-    times (so each pass has its clean reference on the same images), interleaved group by group."""
+    times (so each pass has its clean reference on the same images), interleaved group by group. The
+    timed inputs (a few batches) are made once, before any timing."""
     union: list[Group] = list(dict.fromkeys(g for gs in groups for g in gs))
     timers = {g: [0] + [i for i in range(1, len(passes)) if g in set(groups[i])] for g in union}
-    for i, p in enumerate(passes):
+    inputs = {
+        (i, g): np.ascontiguousarray(passes[i].images(dataset, np.asarray(g), engine.bounds))
+        for g in union
+        for i in timers[g]
+    }
+    for i in range(len(passes)):
         for g in (union if i == 0 else groups[i])[:warmup]:
-            engine.run(p.images[p.rows(np.asarray(g))])
+            engine.run(inputs[(i, g)])
     timings: dict[tuple[int, Group], list[float]] = {(i, g): [] for g in union for i in timers[g]}
     for r in range(rounds):
         for k, g in enumerate(union):
             order = timers[g] if (r + k) % 2 == 0 else list(reversed(timers[g]))
             for i in order:
-                p = passes[i]
-                batch_images = np.ascontiguousarray(p.images[p.rows(np.asarray(g))])
+                batch_images = inputs[(i, g)]
                 t0 = time.perf_counter_ns()
                 engine.run(batch_images)
                 timings[(i, g)].append((time.perf_counter_ns() - t0) / 1e6)
@@ -272,6 +302,7 @@ def _evaluate(
         f"engine {engine.name} has no {TOKEN_COUNTS} output (not a token-sparse export): TUR and GFLOPs are null"
     )
     total = len(passes) + 1
+    bounds = engine.bounds
     if progress is not None:
         progress(total, 0)
     counted: list[tuple[np.ndarray, np.ndarray | None, MemoryStats | None]] = []
@@ -280,16 +311,16 @@ def _evaluate(
     for i, p in enumerate(passes):
         if not p.full and measure_memory:  # the clean images this pass covers: its memory reference
             with PeakMemory(baseline_rss_mib=baseline) as peak:
-                _count_pass(engine, dataset.images[p.positions], batch_size, has_counts)
+                _count_pass(engine, passes[0].batches(dataset, batch_size, bounds, p.positions), has_counts)
             clean_memory[i] = peak.result
         with PeakMemory(baseline_rss_mib=baseline) as peak:
-            preds, counts = _count_pass(engine, p.images, batch_size, has_counts)
+            preds, counts = _count_pass(engine, p.batches(dataset, batch_size, bounds), has_counts)
         baseline = baseline if baseline is not None else (peak.result.baseline_rss_mib if peak.result else None)
         counted.append((preds, counts, peak.result if measure_memory else None))
         if progress is not None:
             progress(total, 1)
     groups = [_timed_groups(p, latency_images, latency_batch) for p in passes]
-    medians = _interleaved_latency(engine, passes, groups, latency_rounds, warmup=2) if any(groups) else {}
+    medians = _interleaved_latency(engine, dataset, passes, groups, latency_rounds, warmup=2) if any(groups) else {}
     if progress is not None:
         progress(total, 1)
     num_tokens = int(info.get("num_tokens", 0)) if has_counts else 0
@@ -305,8 +336,9 @@ def _evaluate(
         lat = np.asarray([medians[(of, g)] for g in groups[i]])
         return (stats_from_durations(lat, batch_size=latency_batch, warn=False) if lat.size else None), lat
 
-    def energy(images: np.ndarray, g: float | None) -> dict[str, Any]:
-        return _pass_energy(engine, images[:energy_images], energy_meter, energy_window_s, g)
+    def energy(p: _Pass, positions: np.ndarray, g: float | None) -> dict[str, Any]:
+        chosen = positions[:energy_images]
+        return _pass_energy(engine, lambda: p.images(dataset, chosen, bounds), energy_meter, energy_window_s, g)
 
     results: list[AvailabilityPass] = []
     references: list[dict[str, Any] | None] = []
@@ -320,7 +352,7 @@ def _evaluate(
                 label=p.label,
                 method=p.method,
                 params=p.params,
-                images=len(p.images),
+                images=len(p.positions),
                 accuracy=float((preds == kept_labels).mean()),
                 prediction_kept=None if index == 0 or not correct.any()
                 else float((preds[correct] == clean_pred[p.positions][correct]).mean()),
@@ -329,7 +361,7 @@ def _evaluate(
                 gflops=g,
                 latency=stats,
                 memory=memory,
-                energy=energy(p.images, g),
+                energy=energy(p, p.positions, g),
                 artifact_path=p.path,
                 latency_samples_ms=[round(float(v), 4) for v in lat] if lat.size else None,
                 skipped=p.skipped,
@@ -347,7 +379,7 @@ def _evaluate(
             "gflops": g0,
             "latency": None if (lat0 := latency(index, 0)[0]) is None else lat0.to_dict(),
             "memory": None if (mem0 := clean_memory.get(index)) is None else mem0.to_dict(),
-            "energy": energy(dataset.images[p.positions], g0),
+            "energy": energy(passes[0], p.positions, g0),
         })
     results = [_with_ratios(r, results[0], ref, info if has_counts else None) for r, ref in zip(results, references, strict=True)]
     return AvailabilityResult(

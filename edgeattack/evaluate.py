@@ -5,6 +5,9 @@ adversarial images (universal and class-universal ones on every image, per-image
 images they cover, matched by dataset index), computes the DESIGN.md metrics per artifact, times a
 representative batch with trtexec's conventions, and records the peak resident memory of each pass.
 It needs no torch when the engine is an ONNX file, and it never prints: pass `progress` to follow it.
+Every pass goes batch by batch (`ImageDataset.batches`), so an image folder is decoded a batch at a
+time and memory does not grow with the number of images (black-box attacks excepted: they decode
+their set at once).
 """
 
 from __future__ import annotations
@@ -238,14 +241,15 @@ def _run(
     advance(0)
     baseline_mib = current_rss_mib() if measure_memory else None
 
-    # Clean pass: each batch is copied, as each adversarial batch is a new array, so the memory of
-    # the passes compares fairly.
+    # Clean pass, batch by batch (a lazy folder is decoded a batch at a time, the next one
+    # prefetched): each batch is a new array, as each adversarial batch is, so the memory of the
+    # passes compares fairly.
     clean_recorder = LatencyRecorder()
     clean_pred = np.empty(n, dtype=np.int64)
     clean_memory: MemoryStats | None = None
     with PeakMemory(baseline_rss_mib=baseline_mib) as clean_peak:
-        for part in _chunks(n, batch_size):
-            batch = np.array(dataset.images[part])
+        for part, (images, _) in zip(_chunks(n, batch_size), dataset.batches(batch_size), strict=True):
+            batch = images if dataset.is_lazy else np.array(images)
             clean_pred[part] = _infer_checked(engine, batch, clean_recorder, "clean")
             advance(1)
     if measure_memory:
@@ -379,12 +383,12 @@ def _replay_one(
     adv_pred = np.empty(positions.size, dtype=np.int64)
     norms: list[PerturbationNorms] = []
     with PeakMemory(baseline_rss_mib=baseline_mib) as peak:
-        for part in _chunks(positions.size, batch_size):
+        batches = dataset.batches(batch_size, positions=positions)
+        for part, (clean, labels) in zip(_chunks(positions.size, batch_size), batches, strict=True):
             pos = positions[part]
-            clean = dataset.images[pos]
             adversarial = artifact.apply(
                 clean,
-                labels=dataset.labels[pos],
+                labels=labels,
                 indices=dataset.indices[pos],
                 bounds=engine.bounds,
                 quantize=quantize_inputs,

@@ -81,3 +81,34 @@ def test_newer_schema_and_garbage_files(tmp_path: Path):
         PerturbationArtifact.load(tmp_path / "nometa.npz")
     with pytest.raises(ArtifactError, match="does not exist"):
         PerturbationArtifact.load(tmp_path / "missing.npz")
+
+
+def test_universal_replays_on_another_split_of_its_dataset_per_image_does_not(tmp_path: Path):
+    """A UAP fitted on a folder's train split replays on its val split; a per-image artifact only on its own split."""
+    from PIL import Image
+
+    from edgeattack.artifacts import check_replay
+    from edgeattack.data import PreprocessConfig, load_dataset
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "root" / split / cls).mkdir(parents=True)
+            Image.new("RGB", (4, 4), (10, 20, 30)).save(tmp_path / "root" / split / cls / "x.png")
+    load = {
+        split: load_dataset(str(tmp_path / "root"), split=split, preprocess=PreprocessConfig(input_size=(3, 4, 4), crop_pct=1.0))
+        for split in ("train", "val")
+    }
+    assert load["train"].name == load["val"].name and load["train"].split == "train"
+
+    def artifact(kind: str) -> PerturbationArtifact:
+        m = ArtifactMeta(kind=kind, method="m", norm="linf", eps=0.1, input_size=(3, 4, 4),
+                         dataset=load["train"].name, split="train", seed=0)
+        count = 1 if kind == "universal" else 2
+        return PerturbationArtifact(np.zeros((count, 3, 4, 4), np.float32), m,
+                                    indices=np.arange(count) if kind == "per_image" else np.zeros(0, np.int64))
+
+    checked = check_replay(artifact("universal"), load["val"], label="uap", input_size=(3, 4, 4), engine="e")
+    assert checked.positions.tolist() == [0, 1]
+    with pytest.raises(ArtifactError, match="replays only on the split it was crafted on"):
+        check_replay(artifact("per_image"), load["val"], label="pgd", input_size=(3, 4, 4), engine="e")
+    assert check_replay(artifact("per_image"), load["train"], label="pgd", input_size=(3, 4, 4), engine="e").skipped == 0

@@ -122,9 +122,21 @@ def test_corrupt_engine_file(work: Path):
     assert_one_line_error(invoke("evaluate", "--engine", bad, "--no-latency"), "cannot load ONNX engine")
 
 
-def test_engine_input_size_differs_from_data():
+def test_engine_input_size_differs_from_data(monkeypatch: pytest.MonkeyPatch):
+    from edgeattack.engines.torch_engine import TorchEngine
+    from edgeattack.zoo.factory import create_model
+
+    def random_deit(cls, name, **_):
+        return cls(create_model(name, random_weights=True), source=name)
+
+    monkeypatch.setattr(TorchEngine, "from_name", classmethod(random_deit))
     result = invoke("evaluate", "--engine", "deit_tiny_patch16_224", "--limit", "4", "--no-latency")
     assert_one_line_error(result, "(3, 224, 224)", "(3, 32, 32)")
+
+
+def test_timm_engine_name_without_weights_is_refused():
+    result = invoke("evaluate", "--engine", "deit_tiny_patch16_224", "--limit", "4", "--no-latency")
+    assert_one_line_error(result, "no shipped weights", "--pretrained", "--random-weights")
 
 
 def test_artifact_for_another_input_size(fp32_engine: Path, work: Path):
@@ -143,11 +155,19 @@ def test_pickle_bearing_npz_is_refused(fp32_engine: Path, work: Path):
 
 
 def test_nan_artifact_is_refused(fp32_engine: Path, work: Path, pgd_artifact: Path):
-    with np.load(pgd_artifact, allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    arrays["delta"][0, 0, 0, 0] = np.nan
+    """A schema-1 file (one float32 `delta` array) with a NaN: schema 2's writer refuses NaNs itself."""
+    import json
+
+    from edgeattack.artifacts import PerturbationArtifact
+
+    artifact = PerturbationArtifact.load(pgd_artifact)
+    delta = np.array(artifact.delta, dtype=np.float32)
+    delta[0, 0, 0, 0] = np.nan
+    meta = json.loads(artifact.meta.to_json())
+    meta.update(schema_version=1)
+    meta.pop("storage", None)
     path = work / "nan.npz"
-    np.savez(path, **arrays)
+    np.savez(path, delta=delta, indices=artifact.indices, meta=np.asarray(json.dumps(meta)))
     assert_one_line_error(invoke("evaluate", "--engine", fp32_engine, "-p", path, "--no-latency"), "NaN")
 
 

@@ -69,11 +69,14 @@ def test_image_folder_with_preprocessing(tmp_path: Path):
     dataset = load_dataset(str(root), split="val", preprocess=config)
     assert dataset.images.shape == (6, 3, 24, 24) and dataset.images.dtype == np.float32
     assert dataset.labels.tolist() == [0, 0, 0, 1, 1, 1] and dataset.class_names == ("cat", "dog")
-    assert 0.0 <= dataset.images.min() and dataset.images.max() <= 1.0
-    # resize short side to 24/0.875 = 27, then center crop 24: compare with PIL by hand
+    assert dataset.is_lazy
+    everything = np.asarray(dataset.images)
+    assert 0.0 <= everything.min() and everything.max() <= 1.0
+    # resize short side to floor(24/0.875) = 27 (long side int(27 * 60 / 40) = 40), then center crop 24
+    # with torchvision's rounding: top = round(1.5) = 2, left = round(8.0) = 8
     with Image.open(root / "val" / "cat" / "0.png") as image:
         resized = image.convert("RGB").resize((40, 27), Image.BICUBIC)
-        expected = np.asarray(resized.crop((8, 1, 32, 25)), np.float32).transpose(2, 0, 1) / 255
+        expected = np.asarray(resized.crop((8, 2, 32, 26)), np.float32).transpose(2, 0, 1) / 255
     assert np.allclose(dataset.images[0], expected, atol=1e-6)
 
 
@@ -86,8 +89,11 @@ def test_image_folder_errors(tmp_path: Path):
     broken = tmp_path / "broken" / "a"
     broken.mkdir(parents=True)
     (broken / "x.png").write_bytes(b"not a png")
+    lazy = load_image_folder(tmp_path / "broken")  # listed now, decoded when indexed
+    with pytest.raises(DataError, match=r"cannot read image .*x\.png"):
+        lazy.images[0]
     with pytest.raises(DataError, match="cannot read image"):
-        load_image_folder(tmp_path / "broken")
+        load_image_folder(tmp_path / "broken", lazy=False)
     with pytest.raises(DataError, match="neither 'digits' nor"):
         load_dataset("no-such-dataset")
 

@@ -320,3 +320,99 @@ def test_a_function_that_returns_no_outcome_is_a_failure(tmp_path: Path) -> None
 
 def _returns_nothing(task: CellTask) -> Any:
     return None
+
+
+class _FakeRay:
+    """Just enough of `ray` to see the options a task is submitted with; tasks run at once, here."""
+
+    def __init__(self, resources: dict[str, float]) -> None:
+        self.resources = resources
+        self.options: dict[str, dict[str, Any]] = {}
+        self.results: dict[int, Any] = {}
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **_kwargs: Any) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        return None
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"Alive": True, "Resources": dict(self.resources)}]
+
+    def put(self, value: Any) -> Any:
+        return value
+
+    def remote(self, fn: Any) -> Any:
+        fake = self
+
+        class _Options:
+            def __init__(self, options: dict[str, Any]) -> None:
+                self.recorded = options
+
+            def remote(self, cell_fn: Any, task: CellTask, shipped: Any) -> int:
+                fake.options[task.id] = self.recorded
+                ref = len(fake.results)
+                fake.results[ref] = fn(cell_fn, task, shipped)
+                return ref
+
+        class _Remote:
+            def options(self, **options: Any) -> _Options:
+                return _Options(options)
+
+        return _Remote()
+
+    def wait(self, refs: list[int], num_returns: int = 1, timeout: float | None = None) -> tuple[list[int], list[int]]:
+        return list(refs), []
+
+    def get(self, ref: int) -> Any:
+        return self.results[ref]
+
+    def cancel(self, ref: int, force: bool = False) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("cluster", "gpus_per_torch_cell", "craft_gpus"),
+    [({"CPU": 8.0, "GPU": 2.0}, None, 1.0), ({"CPU": 8.0}, None, 0.0), ({"CPU": 8.0, "GPU": 2.0}, 0.0, 0.0)],
+)
+def test_ray_asks_a_gpu_for_torch_cells_only(
+    cluster: dict[str, float], gpus_per_torch_cell: float | None, craft_gpus: float, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dataclasses
+
+    fake = _FakeRay(cluster)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    craft = dataclasses.replace(_task(tmp_path, "echo", "craft/pgd@m", value=1), torch=True)
+    replay = _task(tmp_path, "echo", "replay/m/e", value=2)
+    own = dataclasses.replace(_task(tmp_path, "echo", "craft/own@m", resources={"CPU": 1, "GPU": 0.5}), torch=True)
+    with make_executor("ray", run_probe, workers=2, gpus_per_torch_cell=gpus_per_torch_cell) as executor:
+        for task in (craft, replay, own):
+            executor.submit(task)
+        outcomes = _drain(executor)
+    assert isinstance(outcomes["craft/pgd@m"], CellOutcome) and isinstance(outcomes["replay/m/e"], CellOutcome)
+    assert fake.options["craft/pgd@m"]["num_gpus"] == craft_gpus
+    assert fake.options["replay/m/e"]["num_gpus"] == 0.0
+    if "GPU" in cluster:
+        assert fake.options["craft/own@m"]["num_gpus"] == 0.5  # a cell's own GPU request is kept
+    else:  # and on a cluster without GPUs it fails at once, saying so
+        failure = outcomes["craft/own@m"]
+        assert isinstance(failure, CellFailure) and "'GPU'" in failure.error
+
+
+def test_run_config_device_decides_the_gpus_of_torch_cells() -> None:
+    from edgeattack.experiments.loading import validate_config
+    from edgeattack.experiments.plan import build_plan
+    from edgeattack.experiments.runner import torch_gpus
+
+    doc = {"name": "x", "models": ["vit_tiny_digits"], "engines": [{"name": "fp32"}],
+           "whitebox": [{"name": "pgd", "method": "pgd", "eps": [0.03]}]}
+    assert torch_gpus(validate_config(doc)) is None  # auto: ask the cluster
+    assert torch_gpus(validate_config(dict(doc, device="cuda"))) == 1.0
+    assert torch_gpus(validate_config(dict(doc, device="cpu"))) == 0.0
+    assert torch_gpus(validate_config(dict(doc, device="cpu", executor={"gpus_per_torch_cell": 2}))) == 2.0
+    cells = build_plan(validate_config(doc)).cells
+    assert [c for c, cell in cells.items() if cell.torch] == ["craft/pgd-0.03@vit_tiny_digits"]

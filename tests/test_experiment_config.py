@@ -55,7 +55,12 @@ def test_fractions_are_numbers() -> None:
         ({"models": ["vit_tiny_digitz"]}, "vit_tiny_digitz"),
         ({"models": []}, "models: got []"),
         ({"data": {"limit": 0}}, "data.limit: got 0"),
-        ({"data": {"dataset": "/no/such/folder"}}, "data.dataset: got \"/no/such/folder\": expected 'digits' or an existing"),
+        ({"data": {"dataset": " "}}, "data.dataset: got \" \": expected 'digits' or the path"),
+        ({"models": ["deit_tiny_patch16_224"]}, "deit_tiny_patch16_224 has no shipped weights: give it checkpoint"),
+        ({"models": [{"name": "deit_tiny_patch16_224", "pretrained": True, "random_weights": True}]}, "pretrained and random_weights both"),
+        ({"models": [{"name": "vit_tiny_digits", "checkpoint": "w.pth", "random_weights": True}]}, "checkpoint and random_weights both"),
+        ({"device": "gpu"}, "device: got \"gpu\""),
+        ({"executor": {"gpus_per_torch_cell": -1}}, "executor.gpus_per_torch_cell: got -1"),
         ({"blackbox": [{"spec": "squar"}]}, "blackbox[0].spec"),
         ({"blackbox": [{"spec": "spatial", "budget": 0}]}, "blackbox[0].budget: got 0"),
         ({"executor": {"kind": "slurm"}}, "executor.kind: got \"slurm\""),
@@ -181,20 +186,52 @@ def test_input_hashes_change_only_downstream() -> None:
     assert before.dependents("craft/pgd-8_255@vit_tiny_digits") == ["replay/vit_tiny_digits/fp32"]
 
 
-def test_checkpoint_content_is_hashed(tmp_path: Path) -> None:
+def test_checkpoint_content_is_hashed_not_its_path(tmp_path: Path) -> None:
     checkpoint = tmp_path / "w.safetensors"
     checkpoint.write_bytes(b"one")
     doc = _config(models=[{"name": "vit_tiny_digits", "checkpoint": str(checkpoint)}])
     first = build_plan(validate_config(doc)).hashes
-    checkpoint.write_bytes(b"two!")
-    second = build_plan(validate_config(doc)).hashes
+    moved = tmp_path / "elsewhere" / "renamed.safetensors"
+    moved.parent.mkdir()
+    checkpoint.rename(moved)
+    doc_moved = _config(models=[{"name": "vit_tiny_digits", "checkpoint": str(moved)}])
+    assert build_plan(validate_config(doc_moved)).hashes == first  # moving a checkpoint keeps every cell
+    moved.write_bytes(b"two!")
+    second = build_plan(validate_config(doc_moved)).hashes
     assert first["export/vit_tiny_digits/fp32"] != second["export/vit_tiny_digits/fp32"]
-    assert "checkpoint" in _error(_config(models=[{"name": "vit_tiny_digits", "checkpoint": str(tmp_path / "no")}]))
+    same_size = tmp_path / "same.safetensors"
+    same_size.write_bytes(b"two?")  # same size, other content: content, not size or name, decides
+    third = build_plan(validate_config(_config(models=[{"name": "vit_tiny_digits", "checkpoint": str(same_size)}]))).hashes
+    assert third["export/vit_tiny_digits/fp32"] not in {first["export/vit_tiny_digits/fp32"], second["export/vit_tiny_digits/fp32"]}
+
+
+def test_missing_files_are_listed_together_not_refused_by_validation(tmp_path: Path) -> None:
+    doc = _config(
+        data={"dataset": str(tmp_path / "imagenet"), "eval_split": "val"},
+        models=[{"name": "vit_tiny_digits", "checkpoint": str(tmp_path / "a.pth")}, {"name": "deit_tiny_digits_distilled", "checkpoint": str(tmp_path / "b.pth")}],
+    )
+    plan = build_plan(validate_config(doc))  # a plan (for --dry-run) without the files
+    missing = plan.missing_files()
+    assert len(missing) == 3
+    assert "image folder" in missing[0] and "a.pth does not exist" in missing[1] and "b.pth does not exist" in missing[2]
+    only = plan.restrict(["export/vit_tiny_digits/*"])
+    assert len(only.missing_files()) == 2  # only the files the selected cells read
+
+
+def test_weights_per_model() -> None:
+    doc = _config(models=[{"name": "deit_tiny_patch16_224", "random_weights": True}, {"name": "deit_small_patch16_224", "pretrained": True}])
+    config = validate_config(doc)
+    assert config.models[0].weights() == {"checkpoint": None, "pretrained": None, "random_weights": True}
+    assert config.models[1].weights()["pretrained"] is True
+    plan = build_plan(config)
+    assert plan.cells["export/deit_tiny_patch16_224/fp32"].params["model"]["random_weights"] is True
+    assert config.device == "auto" and config.executor.gpus_per_torch_cell is None
 
 
 def test_select_and_eps_labels() -> None:
     plan = build_plan(validate_config(_config(whitebox=[{"name": "pgd", "method": "pgd", "eps": ["8/255"]}])))
-    assert plan.select(["replay/*"]) == list(plan.cells)  # a replay needs everything before it here
+    assert plan.select(["replay/*"]) == ["export/vit_tiny_digits/fp32", "replay/vit_tiny_digits/fp32"]
+    assert plan.select(["replay/*", "craft/*"]) == list(plan.cells)
     assert plan.select(["export/*"]) == ["export/vit_tiny_digits/fp32"]
     with pytest.raises(ConfigError, match="no cell matches"):
         plan.select(["nothing/*"])
@@ -203,3 +240,25 @@ def test_select_and_eps_labels() -> None:
     cells = build_plan(validate_config(patch)).cells
     assert cells["craft/patch@ats_tiny_digits"].params["eps"] is None
     assert cells["availability/ats_tiny_digits/fp32"].params["artifacts"] == ["craft/patch@ats_tiny_digits"]
+
+
+def test_only_plans_the_selection_and_its_true_dependencies() -> None:
+    from edgeattack.experiments.plan import NOT_SELECTED
+
+    plan = build_plan(load_config("quickstart"))
+    replay = "replay/vit_tiny_digits/fp32"
+    only = plan.restrict([replay])
+    assert list(only.cells) == ["export/vit_tiny_digits/fp32", replay]  # not the 20 crafts it could replay
+    cell = only.cells[replay]
+    assert cell.params["artifacts"] == [] and set(cell.params["missing_artifacts"]) == set(plan.cells[replay].optional)
+    assert set(cell.params["missing_artifacts"].values()) == {NOT_SELECTED}
+    assert only.hashes[replay] != plan.hashes[replay]  # a narrower replay is another result
+    twin = "craft/pgd-int8-8_255@vit_tiny_digits~int8"
+    assert plan.select([twin]) == ["export/vit_tiny_digits/int8", twin]
+    # crafts selected too are replayed; crafts the store holds come along (with what they need)
+    both = plan.restrict([replay, "craft/pgd-*@vit_tiny_digits"])
+    assert both.cells[replay].params["artifacts"] == [f"craft/pgd-{e}@vit_tiny_digits" for e in ("2_255", "4_255", "8_255")]
+    stored = plan.restrict([replay], finished=lambda cell_id: cell_id == twin)
+    assert stored.cells[replay].params["artifacts"] == [twin]
+    assert list(stored.cells) == ["export/vit_tiny_digits/fp32", "export/vit_tiny_digits/int8", twin, replay]
+    assert plan.restrict(list(plan.cells)).hashes == plan.hashes  # everything selected: the same plan

@@ -135,6 +135,53 @@ def test_a_crashing_cell_is_recorded_and_the_others_continue(tmp_path: Path) -> 
         assert record is not None and record.error and "Traceback" in (record.traceback or "")
 
 
+def test_a_failed_craft_leaves_the_other_artifacts_replayed(tmp_path: Path) -> None:
+    bad = {"name": "bad", "method": "pgd", "eps": ["8/255"], "steps": 1, "params": {"nonsense": 1}, "models": ["vit_tiny_digits"]}
+    config = tiny(models=["vit_tiny_digits"], engines=[{"name": "fp32"}], whitebox=[TINY["whitebox"][0], bad], blackbox=[])
+    out = tmp_path / "store"
+    summary = run_experiment(config, out)
+    craft, replay = "craft/bad-8_255@vit_tiny_digits", "replay/vit_tiny_digits/fp32"
+    assert set(summary.failed) == {craft} and summary.skipped == {} and not summary.ok
+    assert replay in summary.ran
+    reason = summary.not_replayed[replay][craft]
+    assert reason.startswith("failed to craft: ConfigError: LinfPGD got unknown parameter(s) nonsense")
+    assert f"partial {replay}: not replayed: artifact {craft} failed to craft: ConfigError" in summary.describe()
+    with ExperimentStore(out) as store:
+        record = store.get(replay)
+        assert record is not None and record.status == "done" and record.result is not None
+        assert record.result["artifact_cells"] == ["craft/pgd-4_255@vit_tiny_digits", "craft/pgd-8_255@vit_tiny_digits"]
+        assert len(record.result["perturbations"]) == 2 and record.result["missing_artifacts"] == {craft: reason}
+        assert record.params["missing_artifacts"] == {craft: reason}
+    from edgeattack.experiments.report_data import report_data
+
+    rows = [r for r in report_data(out).failures if r["status"] == "not replayed"]
+    assert rows == [{"cell": replay, "kind": "replay", "status": "not replayed", "error": f"not replayed: artifact {craft} {reason}"}]
+    again = run_experiment(config, out)  # the craft fails again; the replay with what exists is already stored
+    assert again.ran == [] and set(again.failed) == {craft} and replay in again.cached
+    fixed = tiny(models=["vit_tiny_digits"], engines=[{"name": "fp32"}], whitebox=[TINY["whitebox"][0], dict(bad, params={})], blackbox=[])
+    third = run_experiment(fixed, out)
+    assert third.ok and sorted(third.ran) == ["craft/bad-8_255@vit_tiny_digits", replay]
+    with ExperimentStore(out) as store:
+        assert len(store.get(replay).result["perturbations"]) == 3
+
+
+def test_missing_checkpoints_are_all_named_before_anything_runs(tmp_path: Path) -> None:
+    config_path = tmp_path / "exp.yaml"
+    models = [{"name": "vit_tiny_digits", "checkpoint": str(tmp_path / "one.safetensors")},
+              {"name": "ats_tiny_digits", "checkpoint": str(tmp_path / "two.pth")}]
+    config_path.write_text(yaml.safe_dump(dict(TINY, models=models)))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(config_path), "-o", str(out), "--dry-run"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "to run" in result.output and "missing (2)" in result.output
+    assert "one.safetensors does not exist" in result.output and "two.pth does not exist" in result.output
+    result = CliRunner().invoke(app, ["run", str(config_path), "-o", str(out)])
+    assert result.exit_code == 2 and "2 input file(s) of tiny are missing; nothing was run" in result.output
+    assert "one.safetensors" in result.output and "two.pth" in result.output and not out.exists()
+    with pytest.raises(ConfigError, match="1 input file"):  # --only: the files of what it selects
+        run_experiment(validate_config(dict(TINY, models=models)), out, only=["export/vit_tiny_digits/*"])
+
+
 def test_cli_run_writes_report_and_exits_1_on_failures(tmp_path: Path) -> None:
     config = tmp_path / "exp.yaml"
     doc = dict(TINY, models=["vit_tiny_digits"], whitebox=[TINY["whitebox"][0]], blackbox=[])
@@ -183,8 +230,12 @@ def test_a_killed_run_resumes_without_losing_or_repeating_cells(tmp_path: Path) 
         while time.monotonic() < deadline and process.poll() is None:
             if (out / "store.sqlite").exists():
                 db = sqlite3.connect(out / "store.sqlite", timeout=5)
-                rows = db.execute("SELECT id, finished FROM cells WHERE status = 'done'").fetchall()
-                db.close()
+                try:
+                    rows = db.execute("SELECT id, finished FROM cells WHERE status = 'done'").fetchall()
+                except sqlite3.OperationalError:  # the store exists but its tables are not created yet
+                    rows = []
+                finally:
+                    db.close()
                 if len(rows) >= 5:
                     done = dict(rows)
                     break
@@ -215,10 +266,14 @@ def test_a_killed_run_resumes_without_losing_or_repeating_cells(tmp_path: Path) 
 def test_pool_executors_give_the_same_results(executor: str, tmp_path: Path, finished: Path) -> None:
     if executor == "ray":
         pytest.importorskip("ray")
-    only = ["replay/vit_tiny_digits/fp32", "availability/ats_tiny_digits/fp32"]
+    only = ["replay/vit_tiny_digits/fp32", "availability/ats_tiny_digits/fp32", "craft/pgd-*"]
     summary = run_experiment(tiny(), tmp_path, executor=executor, workers=2, only=only)
     assert summary.ok, summary.describe()
+    assert not any(c.startswith(("craft/ds", "replay/ats", "depth/")) for c in summary.ran)  # --only runs no more
     with ExperimentStore(tmp_path) as here, ExperimentStore(finished) as local:
+        for cell_id in ("replay/vit_tiny_digits/fp32", "craft/pgd-8_255@vit_tiny_digits"):
+            a, b = here.get(cell_id), local.get(cell_id)
+            assert a is not None and b is not None and a.input_hash == b.input_hash
         for cell_id in ("replay/vit_tiny_digits/fp32",):
             a, b = here.get(cell_id), local.get(cell_id)
             assert a is not None and b is not None and a.input_hash == b.input_hash

@@ -150,3 +150,154 @@ def test_export_leaves_the_model_mode_alone(model, tmp_path):
     assert not model.training
     export_onnx(model, tmp_path / "eval.onnx")
     assert not model.training, "export must not leave an eval model in training mode"
+
+
+# -- `edgeattack export` of a 224 model: parity on images of its own size, nothing left on failure ----------
+DEIT = "deit_tiny_patch16_224"
+
+
+def _export_cli(*args: object) -> object:
+    from typer.testing import CliRunner
+
+    from edgeattack.cli.app import app
+
+    return CliRunner().invoke(app, ["export", *[str(arg) for arg in args]])
+
+
+def _synset_folder(root: Path) -> Path:
+    """An ImageFolder of two ImageNet classes with 40x30 PNGs (resized to 224 by the model's preprocessing)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for synset in ("n01440764", "n01443537"):
+        (root / synset).mkdir(parents=True)
+        for index in range(2):
+            pixels = rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / synset / f"{index}.png")
+    return root
+
+
+def test_export_of_a_224_model_checks_parity_on_synthetic_224_images(tmp_path):
+    out = tmp_path / "engines" / "x.onnx"
+    result = _export_cli(DEIT, "--random-weights", "-o", out, "--parity-images", "4")
+    assert result.exit_code == 0, result.output
+    assert "weights random" in result.output
+    assert "synthetic 3x224x224 images" in result.output and "no accuracy" in result.output
+    parity = read_onnx_metadata(out).parity
+    assert parity["dataset"] == "synthetic:224x224-seed0" and parity["n_images"] == 4
+    assert parity["top1_agreement"] == 1.0 and parity["torch_acc"] is None
+    assert [path.name for path in out.parent.iterdir()] == ["x.onnx"]  # no staging folder left
+
+
+def test_export_parity_on_an_image_folder_of_the_models_size(tmp_path):
+    folder = _synset_folder(tmp_path / "imgs")
+    out = tmp_path / "x.onnx"
+    result = _export_cli(DEIT, "--random-weights", "-o", out, "--parity-data", folder, "--parity-images", "3")
+    assert result.exit_code == 0, result.output
+    parity = read_onnx_metadata(out).parity
+    assert parity["dataset"] == f"folder:{folder}:all" and parity["n_images"] == 3
+    assert parity["torch_acc"] is not None and parity["top1_agreement"] == 1.0
+    assert "synthetic" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--precision", "int8"), "--calib-data DIR"),
+        (("--parity-data", "digits"), "3x32x32 images but deit_tiny_patch16_224 takes 3x224x224"),
+        (("--token-cap", "auto"), "--calib-data DIR"),
+    ],
+)
+def test_export_of_a_224_model_refuses_digits_and_missing_calibration(tmp_path, args, fragment):
+    result = _export_cli(DEIT, "--random-weights", "-o", tmp_path / "x.onnx", *args)
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_parity_check_leaves_nothing_behind(tmp_path, monkeypatch):
+    import edgeattack.export.pipeline as pipeline
+
+    def failing_parity(*args, **kwargs):
+        assert Path(args[1]).is_file()  # the engine was written (staged) before the check failed
+        raise EngineError("parity failed on purpose")
+
+    monkeypatch.setattr(pipeline, "check_parity", failing_parity)
+    result = _export_cli(DEIT, "--random-weights", "-o", tmp_path / "x.onnx", "--parity-images", "2")
+    assert result.exit_code == 2 and "parity failed on purpose" in result.output
+    assert list(tmp_path.iterdir()) == []
+    previous = tmp_path / "y.onnx"
+    previous.write_bytes(b"an engine from an earlier run")
+    result = _export_cli("vit_tiny_digits", "-o", previous, "--parity-images", "2")
+    assert result.exit_code == 2
+    assert previous.read_bytes() == b"an engine from an earlier run"  # replaced only after success
+    assert [path.name for path in tmp_path.iterdir()] == ["y.onnx"]
+
+
+def test_fp32_export_of_a_digits_model_needs_no_calibration_data_and_uses_digits(tmp_path):
+    out = tmp_path / "v.onnx"
+    result = _export_cli("vit_tiny_digits", "-o", out, "--parity-images", "8")
+    assert result.exit_code == 0, result.output
+    assert read_onnx_metadata(out).parity["dataset"] == "digits:test"
+
+
+def test_synthetic_images_are_seeded_noise_and_smooth_patterns():
+    from edgeattack.export.parity import synthetic_images
+
+    first = synthetic_images((3, 64, 48), 4, seed=3)
+    assert first.images.shape == (4, 3, 64, 48) and first.images.dtype == np.float32
+    assert np.array_equal(first.images, synthetic_images((3, 64, 48), 4, seed=3).images)
+    assert not np.array_equal(first.images, synthetic_images((3, 64, 48), 4, seed=4).images)
+    assert first.images.min() >= 0.0 and first.images.max() <= 1.0 and (first.labels == -1).all()
+    roughness = np.abs(np.diff(first.images, axis=-1)).mean(axis=(1, 2, 3))
+    assert roughness[0] > 0.2 and roughness[1] < 0.1  # noise, then a smooth pattern
+    with pytest.raises(ConfigError):
+        synthetic_images((3, 8, 8), 0)
+
+
+@pytest.fixture()
+def fake_tensorrt(monkeypatch):
+    """The TensorRT steps of `export --target tensorrt` replaced by fakes that write a plan and its sidecar."""
+    import json
+
+    import edgeattack.engines.tensorrt_engine as trt_engine
+    import edgeattack.export.tensorrt_build as trt_build
+    from edgeattack.export.metadata import sidecar_path
+
+    calls: dict[str, object] = {}
+    build = {"version": "0", "profile": {"min_batch": 1, "opt_batch": 8, "max_batch": 8}, "plan_bytes": 4}
+
+    def build_plan(onnx_path, plan_path, **_):
+        calls["onnx"] = Path(onnx_path)
+        assert Path(onnx_path).is_file() and Path(onnx_path).name == "x.onnx"
+        Path(plan_path).write_bytes(b"plan")
+        sidecar_path(plan_path).write_text(json.dumps({"source_onnx": Path(onnx_path).name}))
+
+    def compare(plan_path, onnx_path, images):
+        if calls.get("fail"):
+            raise EngineError("plan differs on purpose")
+        return {"images": len(images), "top1_agreement": 1.0, "max_abs_logit_diff": 0.0}
+
+    environment = {"version": "0", "device": {"name": "fake", "compute_capability": "0.0"}}
+    monkeypatch.setattr(trt_build, "check_build_environment", lambda: environment)
+    monkeypatch.setattr(trt_build, "onnx_precision_for", lambda precision, env: precision)
+    monkeypatch.setattr(trt_build, "build_tensorrt_engine", build_plan)
+    monkeypatch.setattr(trt_build, "compare_plan_with_onnx", compare)
+    monkeypatch.setattr(trt_build, "record_plan_parity", lambda plan_path, report: calls.setdefault("parity", report))
+    monkeypatch.setattr(trt_engine, "read_sidecar", lambda plan: (None, build))
+    return calls
+
+
+def test_tensorrt_export_publishes_plan_sidecar_and_kept_onnx_only_after_success(tmp_path, fake_tensorrt):
+    out = tmp_path / "x.plan"
+    result = _export_cli("vit_tiny_digits", "-o", out, "--target", "tensorrt", "--keep-onnx", "--parity-images", "4")
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["x.onnx", "x.plan", "x.plan.json"]
+    assert fake_tensorrt["onnx"].parent != tmp_path  # built from the staged ONNX, under its final name
+    assert fake_tensorrt["parity"]["images"] == 4
+    fake_tensorrt["fail"] = True
+    again = tmp_path / "again"
+    result = _export_cli("vit_tiny_digits", "-o", again / "x.plan", "--target", "tensorrt", "--keep-onnx",
+                         "--parity-images", "4")
+    assert result.exit_code == 2 and "plan differs on purpose" in result.output
+    assert list(again.iterdir()) == []

@@ -123,7 +123,7 @@ def test_profile_rejects_bad_options(model) -> None:
 def test_token_pruned_model_uses_its_schedule_and_predictors() -> None:
     from edgeattack.metrics.flops import DEIT_SMALL
 
-    model = create_model("dynamicvit_deit_small_patch16_224_r07")
+    model = create_model("dynamicvit_deit_small_patch16_224_r07", random_weights=True)
     flops = flops_of(model)
     assert flops.total == pytest.approx(dynamicvit_flops(DEIT_SMALL, 0.7).total, rel=1e-12)
     assert flops.tokens_per_block == (197,) * 3 + (138,) * 3 + (97,) * 3 + (68,) * 3

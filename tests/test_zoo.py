@@ -49,7 +49,7 @@ def test_timm_pretrained_offline_fails_clearly(monkeypatch: pytest.MonkeyPatch):
 def test_timm_checkpoint_safetensors_and_pth(tmp_path: Path):
     from safetensors.torch import save_file
 
-    reference = create_model("deit_tiny_patch16_224")
+    reference = create_model("deit_tiny_patch16_224", random_weights=True)
     state = {k: v.clone() for k, v in reference.net.state_dict().items()}
     save_file(state, str(tmp_path / "deit.safetensors"))
     torch.save({"model": state}, tmp_path / "deit.pth")  # the layout of DeiT's released checkpoints

@@ -211,9 +211,9 @@ def create_bundle(
                 f"perturbation {path} is for inputs of size {tuple(meta.input_size)} but dataset {dataset.spec} "
                 f"holds images of size {input_size}"
             )
-        if meta.dataset != dataset.name:
+        if not artifact.fits_dataset(dataset.name, dataset.split):
             raise ArtifactError(
-                f"perturbation {path} was crafted on dataset {meta.dataset!r} but the bundle carries {dataset.spec}"
+                f"perturbation {path} was crafted on {meta.dataset}:{meta.split} but the bundle carries {dataset.spec}"
             )
         if not artifact.covers(dataset.indices).any():
             raise ArtifactError(
@@ -232,7 +232,7 @@ def create_bundle(
         )
 
     data_members = {}
-    for key, array in (("images", dataset.images), ("labels", dataset.labels), ("indices", dataset.indices)):
+    for key, array in (("images", np.asarray(dataset.images)), ("labels", dataset.labels), ("indices", dataset.indices)):
         member = _Member(f"data/{key}.npy", data=_npy_bytes(array))
         taken.add(member.name)
         members.append(member)

@@ -21,6 +21,7 @@ from edgeattack.cli import (
     doctor,
     evaluate,
     export,
+    merge,
     models,
     profile,
     run,
@@ -86,6 +87,7 @@ app.command("evaluate")(evaluate.evaluate_command)
 app.command("availability")(availability.availability_command)
 app.command("bundle")(bundle.bundle_command)
 app.command("merge")(bundle.merge_command)
+app.command("merge-artifacts")(merge.merge_command)
 app.command("run")(run.run_command)
 app.command("report")(run.report_command)
 app.command("demo")(demo.demo_command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,8 +13,13 @@ from edgeattack.budget import format_eps
 from edgeattack.cli.options import (
     CheckpointOpt,
     DataOpt,
+    DeviceOpt,
     LimitOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    RandomWeightsOpt,
     SeedOpt,
+    ShardOpt,
     SplitOpt,
     handle_errors,
     progress_bar,
@@ -78,6 +84,23 @@ def attack_command(
     seed: SeedOpt = 0,
     limit: LimitOpt = None,
     checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    random_weights: RandomWeightsOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            min=1,
+            help="Images per forward/backward pass (recorded). Default: chosen to fit memory: on the CPU 256 "
+            "for inputs up to 64x64 pixels and 32 above; on CUDA "
+            "as many as fit half the free GPU memory at an estimated 64 MiB per 224x224 image and source "
+            "model (scaled with the pixels), at most 256.",
+        ),
+    ] = None,
+    shard: ShardOpt = None,
     quantize_inputs: Annotated[bool, typer.Option("--quantize-inputs", help="Round to the 1/255 grid.")] = False,
     variant: Annotated[
         str | None,
@@ -94,12 +117,17 @@ def attack_command(
 ) -> None:
     """Craft METHOD on the source model(s) over a split and save the perturbation artifact.
 
-    Per-image attacks perturb each image of the split; UAPs are fitted on the split (fit on one
-    split, e.g. val, and evaluate on another).
+    Per-image attacks (fgsm, pgd, pgd-l2, mifgsm) stream: a few batches of images at a time are
+    decoded, attacked and written, so memory does not grow with the split; random starts are drawn
+    per image from (--seed, dataset index), so the batch size, chunking and sharding do not change
+    a delta. --shard I/N crafts one contiguous block of the split (under torchrun each rank takes
+    its own and writes OUT.rankI-of-N.npz); `edgeattack merge-artifacts` joins the shards. UAPs are fitted
+    on the split (fit on one split, e.g. val, and evaluate on another) in memory, as is DeSparsify.
     """
-    from edgeattack.attacks.whitebox import make_attack
-    from edgeattack.attacks.whitebox.sources import load_source_models
-    from edgeattack.data import PreprocessConfig, load_dataset
+    from edgeattack.attacks.whitebox import UniversalAttack, make_attack
+    from edgeattack.attacks.whitebox.streaming import craft_per_image
+    from edgeattack.data import load_dataset, preprocess_for
+    from edgeattack.devices import Precision, device_record, precision_record
 
     params = parse_params(param or [])
     if method == "desparsify":
@@ -116,16 +144,41 @@ def attack_command(
         params["steps"] = steps
     if step_size is not None:
         params["step_size"] = parse_number(step_size)
+    if "precision" in params:
+        raise ConfigError("set the precision with --precision, not --param precision=...")
+    if batch_size is not None and "batch_size" in params:
+        raise ConfigError("give the batch size once: --batch-size or --param batch_size=..., not both")
     params.setdefault("seed", seed)
     if quantize_inputs:
         params["quantize"] = True
-    attack = make_attack(method, **params)
-    sources = load_source_models(model, checkpoint=checkpoint)
+    policy = Precision(precision)
+    the_shard, out = _shard_and_out(shard, out)
+    torch_device = _device_for(device)
+    policy.check_device(torch_device)
+    params["precision"] = policy.name
+    probe = make_attack(method, **params)  # validates the parameters before any model is built
+    universal = isinstance(probe, UniversalAttack)
+    if the_shard is not None and universal:
+        raise ConfigError(f"--shard applies to per-image attacks; {method} fits one perturbation on all images")
+    sources = _load_sources(model, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights)
+    sources = [source.to(torch_device) for source in sources]
     config = sources[0].config
-    preprocess = PreprocessConfig(input_size=config.input_size, crop_pct=config.crop_pct, interpolation=config.interpolation)
+    if batch_size is None and "batch_size" not in params:
+        params["batch_size"] = auto_batch_size(tuple(config.input_size), torch_device, models=len(sources))
+    elif batch_size is not None:
+        params["batch_size"] = batch_size
+    attack = make_attack(method, **params)
+    preprocess = preprocess_for(config)
     dataset = load_dataset(
         data, split=split, seed=seed, limit=limit, preprocess=preprocess, class_names=config.label_names
     )
+    if the_shard is not None:
+        dataset = dataset.subset(the_shard.positions(len(dataset)))
+    record: dict[str, Any] = {**device_record(torch_device), **precision_record(policy, torch_device)}
+    if the_shard is not None:
+        record["shard"] = the_shard.text
+    victims = sources if len(sources) > 1 else sources[0]
+    streamed = not universal and method != "desparsify"
     with progress_bar(f"{method} on {', '.join(model)}", total=len(dataset)) as advance:
         done = [0]
 
@@ -133,13 +186,91 @@ def attack_command(
             advance(count - done[0])
             done[0] = count
 
-        output = attack(sources if len(sources) > 1 else sources[0], dataset, target=target, progress=progress)
-    artifact = output.to_artifact(dataset)
-    written = artifact.save(out)
-    summary = summary_text(output.summary(), targeted=target is not None)
-    typer.echo(f"wrote {written}: {artifact.meta.kind} {method} on {dataset.spec} ({summary})")
+        if streamed:
+            written, summary = craft_per_image(attack, victims, dataset, out, target=target, progress=progress, params=record)
+            kind = "per_image"
+        else:
+            output = attack(victims, dataset, target=target, progress=progress)
+    if not streamed:
+        artifact = output.to_artifact(dataset)
+        artifact = dataclasses.replace(
+            artifact, meta=dataclasses.replace(artifact.meta, params={**artifact.meta.params, **record})
+        )
+        written = artifact.save(out)
+        summary = output.summary()
+        kind = artifact.meta.kind
+    where = f"{torch_device}, {policy.name}, batch {attack.batch_size}" + (
+        f", shard {the_shard.text}" if the_shard is not None else ""
+    )
+    text = summary_text(summary, targeted=target is not None)
+    typer.echo(f"wrote {written}: {kind} {method} on {dataset.spec} [{where}] ({text})")
     if method == "desparsify":
         echo_token_utilisation(artifact.meta.params)
+
+
+def auto_batch_size(input_size: tuple[int, ...], device: str, *, models: int = 1) -> int:
+    """The default crafting batch (see `--batch-size`): by input pixels on the CPU, by free memory on CUDA."""
+    pixels = int(input_size[-1]) * int(input_size[-2])
+    if not device.startswith("cuda"):
+        return MAX_AUTO_BATCH if pixels <= 64 * 64 else CPU_LARGE_BATCH
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    per_image = CUDA_BYTES_PER_224_IMAGE * pixels / (224 * 224) * max(1, models)
+    return int(max(1, min(MAX_AUTO_BATCH, free * 0.5 // per_image)))
+
+
+MAX_AUTO_BATCH = 256
+CPU_LARGE_BATCH = 32
+CUDA_BYTES_PER_224_IMAGE = 64 * 2**20
+"""Cost model of `auto_batch_size` on CUDA: activations kept for one input gradient, per image and
+source model, at 224x224: an estimate with a margin for DeiT-B, not yet measured on a GPU."""
+
+
+def _device_for(spec: str) -> str:
+    """`resolve_device(spec)`; under torchrun, "auto" on a GPU machine is this rank's LOCAL_RANK GPU."""
+    from edgeattack.devices import resolve_device
+    from edgeattack.distributed import dist_env
+
+    resolved = resolve_device(spec)
+    env = dist_env()
+    if env is not None and spec.strip().lower() == "auto" and resolved.startswith("cuda"):
+        import torch
+
+        return resolve_device(f"cuda:{env.local_rank % torch.cuda.device_count()}")
+    return resolved
+
+
+def rank_out_path(out: Path, rank: int, world: int) -> Path:
+    """OUT of one torchrun rank: `pgd.npz` -> `pgd.rank0-of-4.npz`."""
+    name = out.name[: -len(".npz")] if out.name.endswith(".npz") else out.name
+    return out.with_name(f"{name}.rank{rank}-of-{world}.npz")
+
+
+def _shard_and_out(text: str | None, out: Path) -> tuple[Any, Path]:
+    """The shard to craft (--shard, else torchrun's rank) and the file it goes to."""
+    from edgeattack.distributed import Shard
+
+    if text is not None:
+        return Shard.parse(text), out
+    shard = Shard.from_env()
+    if shard is None:
+        return None, out
+    return shard, rank_out_path(out, shard.index, shard.count)
+
+
+def _load_sources(specs: list[str], *, checkpoint: Path | None, pretrained: bool, random_weights: bool) -> list[Any]:
+    """`load_source_models` with the weight flags (passed only where its signature takes them)."""
+    import inspect
+
+    from edgeattack.attacks.whitebox.sources import load_source_models
+
+    accepted = inspect.signature(load_source_models).parameters
+    flags = {"pretrained": pretrained, "random_weights": random_weights}
+    missing = [name for name, on in flags.items() if on and name not in accepted]
+    if missing:
+        raise ConfigError(f"--{missing[0].replace('_', '-')} is not supported by this version's source loader")
+    return load_source_models(specs, checkpoint=checkpoint, **{k: v for k, v in flags.items() if k in accepted})
 
 
 UNDEFINED_BECAUSE = {

@@ -60,11 +60,11 @@ def availability_command(
 ) -> None:
     """Accuracy, TUR, GFLOPs, latency, memory and energy, clean vs each perturbation, with ratios."""
     from edgeattack.availability import evaluate_availability
-    from edgeattack.data import PreprocessConfig, load_dataset
+    from edgeattack.data import load_dataset, preprocess_for
     from edgeattack.engines import open_engine
 
     with open_engine(engine, providers=provider, intra_op_threads=threads) as opened:
-        preprocess = PreprocessConfig(input_size=opened.input_size) if data != "digits" else None
+        preprocess = preprocess_for(opened.metadata) if data != "digits" else None
         dataset = load_dataset(
             data, split=split, seed=seed, limit=limit, preprocess=preprocess, class_names=opened.metadata.labels
         )

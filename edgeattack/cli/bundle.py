@@ -72,13 +72,13 @@ def bundle_command(
     back here: `edgeattack merge results/ -o merged.json`.
     """
     from edgeattack.bundle import create_bundle
-    from edgeattack.data import PreprocessConfig, load_dataset
+    from edgeattack.data import load_dataset, preprocess_for
 
     preprocess, labels = None, None
     if data != "digits":
         metadata = _first_metadata([*(engine or []), *(onnx_for_board or [])])
         if metadata is not None:
-            preprocess = PreprocessConfig(input_size=tuple(metadata.input_size))  # type: ignore[attr-defined]
+            preprocess = preprocess_for(metadata)
             labels = tuple(metadata.labels) or None  # type: ignore[attr-defined]
     dataset = load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess, class_names=labels)
     written = create_bundle(

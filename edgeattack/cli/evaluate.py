@@ -15,10 +15,13 @@ from edgeattack.budget import format_eps, over_budget_note, selection_note
 from edgeattack.cli.options import (
     AllowOverBudgetOpt,
     BatchOpt,
+    CheckpointOpt,
     DataOpt,
     LimitOpt,
+    PretrainedOpt,
     ProviderOpt,
     QuantizeInputsOpt,
+    RandomWeightsOpt,
     SeedOpt,
     SplitOpt,
     ThreadsOpt,
@@ -72,6 +75,9 @@ def evaluate_command(
     latency_seconds: Annotated[float, typer.Option(help="Minimum seconds of timed runs.", min=0.0)] = 3.0,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurement.")] = False,
     allow_over_budget: AllowOverBudgetOpt = False,
+    checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    random_weights: RandomWeightsOpt = False,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory (or .json path) for the result; never overwritten.")
     ] = Path("results"),
@@ -84,7 +90,11 @@ def evaluate_command(
         ),
     ] = None,
 ) -> None:
-    """Replay artifacts and run black-box attacks on ENGINE: clean_acc, adv_acc, asr, queries, norms, latency."""
+    """Replay artifacts and run black-box attacks on ENGINE: clean_acc, adv_acc, asr, queries, norms, latency.
+
+    An engine named by a zoo/timm model name runs in PyTorch (a reference); --checkpoint, --pretrained
+    or --random-weights say which weights it takes (ONNX and TensorRT engines carry their own).
+    """
     from edgeattack.attacks.blackbox.registry import parse_spec
     from edgeattack.errors import ConfigError
 
@@ -102,9 +112,10 @@ def evaluate_command(
     if budget < 1:
         raise ConfigError(f"the query budget must be at least 1 query per image, got {budget}")
     specs = [parse_spec(text) for text in blackbox or ()]
+    weights = {"checkpoint": checkpoint, "pretrained": pretrained or None, "random_weights": random_weights}
     if len(engine) > 1 and specs:
         _transfer(engine, specs, data, split, seed, limit, provider, threads, budget, quantize_inputs,
-                  save_adversarials, out)
+                  save_adversarials, out, weights=weights)
         return
     failures = []
     for name in engine:
@@ -113,6 +124,7 @@ def evaluate_command(
             quantize_inputs, latency_runs, latency_seconds, no_latency, budget, save_adversarials,
             out if len(engine) == 1 else (out if out.suffix != ".json" else out.parent),
             allow_over_budget=allow_over_budget,
+            weights=weights,
         )
         print_result(result)
         typer.echo(f"result: {written}")
@@ -168,12 +180,13 @@ def _evaluate_one(
     out: Path,
     *,
     allow_over_budget: bool = False,
+    weights: dict[str, object] | None = None,
 ) -> tuple[object, Path]:
     from edgeattack.engines import open_engine
     from edgeattack.evaluate import evaluate
 
-    with open_engine(engine, providers=provider, intra_op_threads=threads) as opened:
-        dataset = _dataset(data, split, seed, limit, opened.input_size, opened.metadata.labels)
+    with open_engine(engine, providers=provider, intra_op_threads=threads, **(weights or {})) as opened:
+        dataset = _dataset(data, split, seed, limit, opened.metadata, opened.metadata.labels)
         with progress_bar(f"evaluating {opened.name}", total=None) as advance:
             result = evaluate(
                 opened,
@@ -196,12 +209,12 @@ def _evaluate_one(
 
 
 def _dataset(
-    data: str, split: str, seed: int, limit: int | None, input_size: tuple[int, int, int], labels: tuple[str, ...] = ()
+    data: str, split: str, seed: int, limit: int | None, metadata: object, labels: tuple[str, ...] = ()
 ) -> object:
     """The evaluation split; a folder's classes are mapped to the engine's `labels` by name."""
-    from edgeattack.data import PreprocessConfig, load_dataset
+    from edgeattack.data import load_dataset, preprocess_for
 
-    preprocess = PreprocessConfig(input_size=input_size) if data != "digits" else None
+    preprocess = preprocess_for(metadata) if data != "digits" else None
     return load_dataset(data, split=split, seed=seed, limit=limit, preprocess=preprocess, class_names=labels)
 
 
@@ -223,17 +236,19 @@ def _transfer(
     quantize_inputs: bool,
     save_adversarials: Path | None,
     out: Path,
+    *,
+    weights: dict[str, object] | None = None,
 ) -> None:
     from edgeattack.blackbox_transfer import blackbox_transfer
     from edgeattack.engines import open_engine
 
-    opened = [open_engine(name, providers=provider, intra_op_threads=threads) for name in engines]
+    opened = [open_engine(name, providers=provider, intra_op_threads=threads, **(weights or {})) for name in engines]
     sizes = {tuple(e.input_size) for e in opened}
     if len(sizes) != 1:
         from edgeattack.errors import ConfigError
 
         raise ConfigError(f"transfer needs engines of one input size, got {sorted(sizes)}")
-    dataset = _dataset(data, split, seed, limit, opened[0].input_size, opened[0].metadata.labels)
+    dataset = _dataset(data, split, seed, limit, opened[0].metadata, opened[0].metadata.labels)
     with progress_bar("black-box transfer", total=None) as advance:
         report = blackbox_transfer(
             opened,

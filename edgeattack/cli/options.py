@@ -84,7 +84,7 @@ ShardOpt = Annotated[
     str | None,
     typer.Option(
         "--shard",
-        help="Craft only shard I of N (I/N, 0-based) of the images; `edgeattack merge` joins the shards. "
+        help="Craft only shard I of N (I/N, 0-based) of the images; `edgeattack merge-artifacts` joins the shards. "
         "Under torchrun the rank and world size choose the shard.",
     ),
 ]

@@ -7,7 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeattack.cli.options import BatchOpt, CheckpointOpt, handle_errors
+from edgeattack.cli.options import (
+    BatchOpt,
+    CheckpointOpt,
+    DeviceOpt,
+    PretrainedOpt,
+    RandomWeightsOpt,
+    handle_errors,
+)
 
 
 @handle_errors
@@ -27,8 +34,14 @@ def profile_command(
     ] = 1.0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the profile as JSON to this file.")] = None,
     checkpoint: CheckpointOpt = None,
+    device: DeviceOpt = "cpu",
+    pretrained: PretrainedOpt = False,
+    random_weights: RandomWeightsOpt = False,
 ) -> None:
-    """Parameters, model size (fp32 and dynamic int8, in MB = 10^6 B and MiB = 2^20 B), GFLOPs and throughput."""
+    """Parameters, model size (fp32 and dynamic int8, in MB = 10^6 B and MiB = 2^20 B), GFLOPs and throughput.
+
+    --device times the PyTorch throughput there (default cpu; ONNX Runtime always runs on the CPU).
+    """
     from edgeattack._io import atomic_write_json
     from edgeattack.zoo.profile import profile_model
 
@@ -41,11 +54,28 @@ def profile_command(
         threads=threads,
         min_runs=runs,
         min_seconds=seconds,
+        device=device,
+        **_weight_flags(pretrained=pretrained, random_weights=random_weights),
     )
     _print_profile(profile)
     if json_path is not None:
         atomic_write_json(json_path, profile.to_dict())
         typer.echo(f"wrote {json_path}")
+
+
+def _weight_flags(*, pretrained: bool, random_weights: bool) -> dict[str, Any]:
+    """The weight flags for `profile_model` (a timm name without them is built with random weights)."""
+    import inspect
+
+    from edgeattack.errors import ConfigError
+    from edgeattack.zoo.profile import profile_model
+
+    if pretrained and random_weights:
+        raise ConfigError("--pretrained and --random-weights exclude each other")
+    flags: dict[str, Any] = {"pretrained": pretrained or None}
+    if "random_weights" in inspect.signature(profile_model).parameters:
+        flags["random_weights"] = random_weights
+    return flags
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -79,7 +109,8 @@ def _print_profile(profile: Any) -> None:
         (
             "throughput torch",
             _fmt(profile.throughput_torch_ips, ".1f"),
-            f"images/s, batch {profile.batch_size}, {profile.threads} thread(s), CPU",
+            f"images/s, batch {profile.batch_size}, "
+            + (f"{profile.device} ({profile.device_name})" if profile.device_name else f"{profile.threads} thread(s), CPU"),
         ),
         (
             "throughput onnxruntime",

@@ -35,10 +35,19 @@ def run_command(
     executor: Annotated[str | None, typer.Option(help="local, process or ray (default: the config's).")] = None,
     workers: Annotated[int | None, typer.Option(help="Parallel cells (process pool / Ray CPUs).", min=1)] = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (auto, host:6379, ray://host:10001).")] = None,
-    only: Annotated[list[str] | None, typer.Option("--only", help="Run only cells matching this glob (and what they need).")] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only",
+            help="Run only cells matching this glob and the exports they need; a replay replays the crafts selected "
+            "too or already stored. Repeatable.",
+        ),
+    ] = None,
     rerun: Annotated[list[str] | None, typer.Option("--rerun", help="Run cells matching this glob again even if finished.")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: data.limit=32. Repeatable.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and what would run; run nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan, what would run and every missing checkpoint; run nothing.")
+    ] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html, report.md and tables/ at the end.")] = True,
 ) -> None:
     """Run an experiment: every cell of its plan, resuming a store that already holds finished ones."""
@@ -64,16 +73,18 @@ def execute_run(
     """What `edgeattack run` does (and `edgeattack demo` on the quickstart config); typer.Exit(1) on failed cells."""
     from edgeattack.experiments.loading import load_config
     from edgeattack.experiments.plan import build_plan
+    from edgeattack.experiments.runner import check_files, planned
 
     cfg = load_config(config, overrides=parse_overrides(overrides or []))
     store_dir = out or Path("runs") / cfg.name
-    plan = build_plan(cfg)
+    plan = planned(build_plan(cfg), store_dir, only)
     if dry_run:
-        _print_plan(plan, store_dir, only)
+        _print_plan(plan, store_dir)
         return
     from edgeattack.experiments.runner import run_experiment
 
-    selected = len(plan.select(only)) if only else len(plan)
+    check_files(plan)
+    selected = len(plan)
     if CommandLog.current is not None:
         CommandLog.current.use_file(store_dir / "run.log")
     with progress_bar(f"{cfg.name}", total=selected, every_step=True) as advance:
@@ -97,23 +108,31 @@ def execute_run(
         raise typer.Exit(code=1)
 
 
-def _print_plan(plan: Any, store_dir: Path, only: list[str] | None) -> None:
+def _print_plan(plan: Any, store_dir: Path) -> None:
+    """The plan's cells and their state, then every missing input file at once (a run would refuse them)."""
     from edgeattack.experiments.store import DB_NAME, ExperimentStore
 
     store = ExperimentStore(store_dir) if (store_dir / DB_NAME).is_file() else None
-    ids = plan.select(only) if only else list(plan.cells)
     from rich.table import Table
 
-    table = Table(title=f"{plan.config.name}: {len(ids)} cells -> {store_dir}")
+    table = Table(title=f"{plan.config.name}: {len(plan)} cells -> {store_dir}")
     for column in ("cell", "kind", "depends on", "state"):
         table.add_column(column)
-    for cell_id in ids:
-        cell = plan.cells[cell_id]
+    for cell_id, cell in plan.cells.items():
         finished = store is not None and store.is_finished(cell_id, plan.hashes[cell_id])
-        table.add_row(cell_id, cell.kind, str(len(cell.deps)), "finished" if finished else "to run")
+        state = "finished" if finished else "to run"
+        left_out = len(cell.params.get("missing_artifacts") or {})
+        if left_out:
+            state += f" ({left_out} artifact(s) left out)"
+        table.add_row(cell_id, cell.kind, str(len(cell.deps)), state)
     console().print(table)
     if store is not None:
         store.close()
+    missing = plan.missing_files()
+    if missing:
+        typer.echo(f"missing ({len(missing)}): a run needs these first:\n  " + "\n  ".join(missing))
+    else:
+        typer.echo("every checkpoint and image folder the plan reads is there")
 
 
 def _write_report(store_dir: Path) -> Any:

@@ -10,18 +10,16 @@ Touvron et al., "Training data-efficient image transformers & distillation throu
 In eval it returns the mean of the two heads: the logits a deployed engine returns. When the
 teacher has the student's architecture this is a born-again network (Furlanello et al. 2018).
 
-This module also holds the training loop the other trained families share (`fit_student`): a
-teacher run without gradients on the same augmented batch, AdamW with warm-up and cosine decay,
-and a stop with `TrainingError` at the first non-finite loss or gradient, the student keeping the
-weights of the last good step.
+This module also holds the student training the other trained families share (`fit_student`, on
+`edgeattack.training.loop`): a teacher run without gradients on the same augmented batch, AdamW
+with warm-up and cosine decay, and a stop with `TrainingError` at the first non-finite loss or
+gradient, the student keeping the weights of the last good step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +27,10 @@ from typing import Any
 from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
 from edgeattack.errors import ConfigError, TrainingDivergedError
+from edgeattack.training.loop import LoopConfig, LoopResult, StepDiverged, run_training
 from edgeattack.zoo.config import ModelConfig
 from edgeattack.zoo.factory import ZooModel, count_parameters, state_dict_sha256
-from edgeattack.zoo.train import TrainConfig, evaluate_accuracy, random_shift
+from edgeattack.zoo.train import TrainConfig, evaluate_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -159,94 +158,73 @@ def fit_student(
     The teacher (in eval mode, without gradients) sees the same randomly shifted batch as the
     student. `after_step` runs after every optimizer step (2:4 masks re-apply there). `max_steps`
     stops early (tests). A non-finite loss or gradient norm raises TrainingError before the
-    optimizer step, so the student keeps the weights of the last good step.
+    optimizer step, so the student keeps the weights of the last good step. The loop, device,
+    precision and torchrun ranks are `edgeattack.training`'s.
     """
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    images = torch.from_numpy(train.images)
-    labels = torch.from_numpy(train.labels)
-    optimizer = torch.optim.AdamW(_param_groups(student, config.weight_decay), lr=config.lr)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total = config.epochs * steps_per_epoch
-    warmup = min(config.warmup_epochs * steps_per_epoch, max(total - 1, 0))
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+    def step(net: Any, x: Any, y: Any) -> tuple[Any, dict[str, Any]]:
+        with torch.no_grad():
+            teacher_out = logits_of(teacher(x))
+        return loss_fn(net(x), teacher_out, y)
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    params = [p for p in student.parameters() if p.requires_grad]
-    report = FitReport(epochs=config.epochs)
-    teacher.eval()
-    start = time.perf_counter()
+    def progress(epoch: int, means: dict[str, float], val_figures: dict[str, float] | None) -> None:
+        acc = None if val_figures is None else val_figures["acc"]
+        shown = "" if acc is None else f", val acc {acc:.4f}"
+        logger.info("epoch %d/%d: loss %.4f%s", epoch + 1, config.epochs, means["loss"], shown)
+        if on_epoch is not None:
+            on_epoch(epoch, means["loss"], acc)
+
+    loop = LoopConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        max_shift=config.max_shift,
+        warmup_epochs=config.warmup_epochs,
+        clamp_warmup=True,
+        grad_clip=grad_clip if grad_clip else float("inf"),
+        check_finite=True,
+        max_steps=max_steps,
+    )
     try:
-        for epoch in range(config.epochs):
-            student.train()
-            order = torch.randperm(len(train), generator=generator)
-            sums: dict[str, float] = {}
-            seen = 0
-            for step in range(steps_per_epoch):
-                if max_steps is not None and report.steps >= max_steps:
-                    break
-                batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-                x = random_shift(images[batch], config.max_shift, generator)
-                y = labels[batch]
-                with torch.no_grad():
-                    teacher_out = logits_of(teacher(x))
-                loss, parts = loss_fn(student(x), teacher_out, y)
-                where = f"epoch {epoch + 1} step {step + 1}"
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"training stopped at {where}: the loss is {float(loss.detach())} "
-                        f"({_parts_text(parts)}); the model keeps the weights of the last good step "
-                        f"({report.steps} steps done) — lower the learning rate (lr={config.lr})"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
-                if not torch.isfinite(norm):
-                    optimizer.zero_grad(set_to_none=True)
-                    raise TrainingError(
-                        f"training stopped at {where}: the gradient norm is {float(norm)}; the model keeps "
-                        f"the weights of the last good step ({report.steps} steps done) — lower the learning rate"
-                    )
-                optimizer.step()
-                scheduler.step()
-                if after_step is not None:
-                    with torch.no_grad():
-                        after_step()
-                report.steps += 1
-                n = len(batch)
-                seen += n
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * n
-            if seen == 0:
-                break
-            report.train_loss.append(sums.pop("loss") / seen)
-            for key, value in sums.items():
-                report.loss_parts.setdefault(key, []).append(value / seen)
-            acc = evaluate_accuracy(student, val) if val is not None else None
-            if acc is not None:
-                report.val_acc.append(acc)
-            logger.info(
-                "epoch %d/%d: loss %.4f%s",
-                epoch + 1,
-                config.epochs,
-                report.train_loss[-1],
-                f", val acc {acc:.4f}" if acc is not None else "",
+        result = run_training(
+            student,
+            train,
+            step,
+            lambda: torch.optim.AdamW(_param_groups(student, config.weight_decay), lr=config.lr),
+            loop,
+            frozen=(teacher,),
+            clip_params=[p for p in student.parameters() if p.requires_grad],
+            validate=None if val is None else (lambda net: {"acc": evaluate_accuracy(net, val)}),
+            after_step=after_step,
+            on_epoch=progress,
+        )
+    except StepDiverged as stop:
+        report = _fit_report(config.epochs, stop.result)
+        if stop.kind == "loss":
+            parts = {k: v for k, v in stop.terms.items() if k != "loss"}
+            message = (
+                f"training stopped at epoch {stop.epoch + 1} step {stop.step + 1}: the loss is {stop.value} "
+                f"({_parts_text(parts)}); the model keeps the weights of the last good step "
+                f"({report.steps} steps done) — lower the learning rate (lr={config.lr})"
             )
-            if on_epoch is not None:
-                on_epoch(epoch, report.train_loss[-1], acc)
-    except TrainingError as exc:
-        student.eval()
-        report.wall_s = time.perf_counter() - start
-        exc.model = student
-        exc.report = report.to_dict()
-        raise
-    report.wall_s = time.perf_counter() - start
-    student.eval()
+        else:
+            message = (
+                f"training stopped at epoch {stop.epoch + 1} step {stop.step + 1}: the gradient norm is "
+                f"{stop.value}; the model keeps the weights of the last good step ({report.steps} steps done) "
+                "— lower the learning rate"
+            )
+        raise TrainingError(message, student, report.to_dict()) from None
+    return _fit_report(config.epochs, result)
+
+
+def _fit_report(epochs: int, result: LoopResult) -> FitReport:
+    report = FitReport(epochs=epochs, steps=result.steps, wall_s=result.wall_s)
+    for means in result.epochs:
+        means = dict(means)
+        report.train_loss.append(means.pop("loss"))
+        for key, value in means.items():
+            report.loss_parts.setdefault(key, []).append(value)
+    report.val_acc = [figures["acc"] for figures in result.val]
     return report
 
 

@@ -385,6 +385,8 @@ class FakeQuantTwin(nn.Module):
     """A copy of ZooModel `model` whose Linear layers compute on the int8 grids of `qdq_path`.
 
     Takes [0,1] images like the model; `config`, `model_name` and `weights_sha256` are the model's.
+    The int8 grids are buffers: `twin.to(device)` moves the twin, grids included, to a GPU
+    (`device` says where it is); rounding then runs there too.
     `mapping` says which ONNX node became which module; `unmodelled` lists quantized tensors of
     the graph outside Linear layers (empty for the "cpu" preset).
     """
@@ -421,6 +423,15 @@ class FakeQuantTwin(nn.Module):
     def forward(self, images: Any) -> Any:
         return self.model(images)
 
+    @property
+    def device(self) -> Any:
+        """Where the twin's weights and int8 grids are (`twin.to(device)` moves both)."""
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
     def fake_quant_layers(self) -> list[FakeQuantLinear]:
         return [m for m in self.model.modules() if isinstance(m, FakeQuantLinear)]
 
@@ -445,10 +456,11 @@ def _set_submodule(root: Any, dotted: str, module: Any) -> None:
 
 # -- agreement with the engine ----------------------------------------------------------------
 def _torch_logits(model: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+    device = getattr(model, "device", None) or torch.device("cpu")
     with torch.no_grad():
         return np.concatenate(
             [
-                model(torch.from_numpy(images[i : i + batch_size])).float().numpy()
+                model(torch.from_numpy(np.asarray(images[i : i + batch_size])).to(device)).float().cpu().numpy()
                 for i in range(0, len(images), batch_size)
             ]
         )

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from edgeattack.data.base import ImageDataset, check_images
 from edgeattack.data.digits import DIGITS_SPLITS, load_digits_dataset
-from edgeattack.data.folder import PreprocessConfig, load_image_folder
+from edgeattack.data.folder import load_image_folder
+from edgeattack.data.lazy import FolderImages
+from edgeattack.data.preprocess import PreprocessConfig, preprocess_for
 from edgeattack.data.splits import ALL_SPLIT, DEFAULT_SPLIT, resolve_folder_split
 from edgeattack.errors import DataError
 
@@ -15,12 +17,14 @@ __all__ = [
     "ALL_SPLIT",
     "DEFAULT_SPLIT",
     "DIGITS_SPLITS",
+    "FolderImages",
     "ImageDataset",
     "PreprocessConfig",
     "check_images",
     "load_dataset",
     "load_digits_dataset",
     "load_image_folder",
+    "preprocess_for",
 ]
 
 
@@ -67,4 +71,5 @@ def load_dataset(
         shuffle=shuffle,
         class_names=class_names or None,
         num_classes=num_classes,
+        name=f"folder:{root.resolve()}",
     )

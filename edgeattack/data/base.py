@@ -1,10 +1,16 @@
-"""The one dataset type every part of edgeattack exchanges: float32 NCHW images in [0,1], int64 labels."""
+"""The one dataset type every part of edgeattack exchanges: float32 NCHW images in [0,1], int64 labels.
+
+`images` is an ndarray (digits, anything built in memory) or a lazy array-like that decodes on
+indexing (`edgeattack.data.lazy.FolderImages`, what image folders give): index it a batch at a time
+(`images[a:b]`, `images[positions]`) or iterate `batches()`; `np.asarray(images)` decodes it all.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +19,7 @@ from edgeattack.errors import DataError
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """Images and labels held in memory, with where they came from.
+    """Images (in memory or decoded on indexing, `is_lazy`) and labels, with where they came from.
 
     `indices` are the positions of each image in its split (what per-image perturbation artifacts
     refer to); `name`, `split` and `seed` identify the split so an artifact can be checked against it.
@@ -22,7 +28,8 @@ class ImageDataset:
     draw), "first" (the first N, `take`); "all" or "" (not recorded) otherwise.
     """
 
-    images: np.ndarray
+    images: np.ndarray | Any
+    """float32 NCHW: an ndarray, or a lazy array-like (`FolderImages`) that decodes when indexed."""
     labels: np.ndarray
     name: str
     split: str
@@ -32,15 +39,17 @@ class ImageDataset:
     selection: str = ""
 
     def __post_init__(self) -> None:
-        images = np.ascontiguousarray(self.images, dtype=np.float32)
+        lazy = bool(getattr(self.images, "is_lazy", False))
+        images = self.images if lazy else np.ascontiguousarray(self.images, dtype=np.float32)
         labels = np.asarray(self.labels, dtype=np.int64)
-        if images.ndim != 4:
+        if len(images.shape) != 4:
             raise DataError(f"{self.name}: images must be NCHW (4 dimensions), got shape {images.shape}")
         if labels.shape != (images.shape[0],):
             raise DataError(
                 f"{self.name}: {images.shape[0]} images but labels of shape {labels.shape}"
             )
-        check_images(images, what=f"dataset {self.name}:{self.split}")
+        if not lazy:  # lazy images are checked batch by batch as they are decoded
+            check_images(images, what=f"dataset {self.name}:{self.split}")
         indices = np.asarray(self.indices, dtype=np.int64)
         if indices.size == 0:
             indices = np.arange(images.shape[0], dtype=np.int64)
@@ -52,6 +61,11 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def is_lazy(self) -> bool:
+        """True when `images` decode on indexing (an image folder) rather than sit in memory."""
+        return bool(getattr(self.images, "is_lazy", False))
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -68,10 +82,10 @@ class ImageDataset:
         return f"{self.name}:{self.split}"
 
     def subset(self, positions: Sequence[int] | np.ndarray) -> ImageDataset:
-        """The images at `positions` (positions in this object, not dataset indices)."""
+        """The images at `positions` (positions in this object, not dataset indices); lazy stays lazy."""
         pos = np.asarray(positions, dtype=np.int64)
         return ImageDataset(
-            images=self.images[pos],
+            images=self.images.select(pos) if self.is_lazy else self.images[pos],
             labels=self.labels[pos],
             name=self.name,
             split=self.split,
@@ -99,12 +113,35 @@ class ImageDataset:
             )
         return np.fromiter((lookup[int(i)] for i in indices), dtype=np.int64, count=len(indices))
 
-    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(images, labels) in order, `batch_size` at a time."""
+    def batches(
+        self, batch_size: int, *, positions: Sequence[int] | np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(images, labels), `batch_size` at a time, in order or in the order of `positions`.
+
+        `positions` (positions in this object, e.g. a seeded permutation for training) picks and
+        orders the images without decoding the others. Lazy images are decoded batch by batch, the
+        next batch on the decode pool while the caller works on this one.
+        """
         if batch_size <= 0:
             raise DataError(f"batch size must be positive, got {batch_size}")
-        for start in range(0, len(self), batch_size):
-            yield self.images[start : start + batch_size], self.labels[start : start + batch_size]
+        order = None if positions is None else np.asarray(positions, dtype=np.int64).reshape(-1)
+        n = len(self) if order is None else len(order)
+        if order is not None and n and (order.min() < 0 or order.max() >= len(self)):
+            raise DataError(f"positions must lie in [0, {len(self)}), got {order.min()}..{order.max()}")
+        parts = [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        if not self.is_lazy:
+            for part in parts:
+                if order is None:
+                    yield self.images[part], self.labels[part]
+                else:
+                    yield self.images[order[part]], self.labels[order[part]]
+            return
+        chosen = [np.arange(p.start, p.stop) if order is None else order[p] for p in parts]
+        pending = self.images.submit(chosen[0]) if chosen else None
+        for k, pos in enumerate(chosen):
+            images = pending.result()
+            pending = self.images.submit(chosen[k + 1]) if k + 1 < len(chosen) else None
+            yield images, self.labels[pos]
 
 
 def check_images(images: np.ndarray, *, what: str = "images", bounds: tuple[float, float] = (0.0, 1.0)) -> None:

@@ -25,6 +25,8 @@ def open_engine(
     checkpoint: str | Path | None = None,
     io_binding: bool = False,
     allow_other_gpu: bool = False,
+    pretrained: bool | None = None,
+    random_weights: bool = False,
 ) -> Engine:
     """An engine for `source`: an `.onnx` file (ONNX Runtime), a TensorRT plan, or a zoo model name (torch).
 
@@ -58,4 +60,4 @@ def open_engine(
     get_entry(text)  # unknown names fail here with suggestions, before torch is imported
     from edgeattack.engines.torch_engine import TorchEngine
 
-    return TorchEngine.from_name(text, checkpoint=checkpoint)
+    return TorchEngine.from_name(text, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights)

@@ -42,10 +42,20 @@ class TorchEngine(Engine):
         super().__init__(source or getattr(model, "model_name", "torch-model"), metadata_for_model(model))
 
     @classmethod
-    def from_name(cls, name: str, *, checkpoint: str | Path | None = None, device: str = "cpu") -> TorchEngine:
+    def from_name(
+        cls,
+        name: str,
+        *,
+        checkpoint: str | Path | None = None,
+        device: str = "cpu",
+        pretrained: bool | None = None,
+        random_weights: bool = False,
+    ) -> TorchEngine:
+        """Zoo model `name` with the weights the options say (`create_model`'s rules)."""
         from edgeattack.zoo.factory import create_model
 
-        return cls(create_model(name, checkpoint=checkpoint), device=device, source=name)
+        model = create_model(name, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights)
+        return cls(model, device=device, source=name)
 
     @property
     def providers(self) -> list[str]:

@@ -25,11 +25,11 @@ CellImpl = Callable[[CellTask], tuple[dict[str, Any], dict[str, str]]]
 
 
 def _preprocess(model_name: str) -> Any:
-    from edgeattack.data import PreprocessConfig
+    from edgeattack.data import preprocess_for
     from edgeattack.zoo.registry import get_entry
 
     config = get_entry(model_name).config
-    return PreprocessConfig(input_size=config.input_size, crop_pct=config.crop_pct, interpolation=config.interpolation)
+    return preprocess_for(config)
 
 
 def _dataset(params: dict[str, Any], model_name: str, split: str, limit: int | None, *, shuffle: bool = False) -> Any:
@@ -41,6 +41,15 @@ def _dataset(params: dict[str, Any], model_name: str, split: str, limit: int | N
         data["dataset"], split=split, seed=params["seed"], limit=limit, preprocess=_preprocess(model_name), shuffle=shuffle,
         class_names=get_entry(model_name).config.label_names,
     )
+
+
+def _weights(spec: dict[str, Any]) -> dict[str, Any]:
+    """`create_model`'s weight arguments for a model spec of the config (checkpoint, pretrained, random_weights)."""
+    return {
+        "checkpoint": spec.get("checkpoint"),
+        "pretrained": spec.get("pretrained"),
+        "random_weights": bool(spec.get("random_weights")),
+    }
 
 
 def _torch_threads(task: CellTask) -> None:
@@ -98,7 +107,7 @@ def _export(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
     _torch_threads(task)
     from edgeattack.zoo.factory import create_model
 
-    net = create_model(model_spec["name"], checkpoint=model_spec.get("checkpoint"))
+    net = create_model(model_spec["name"], **_weights(model_spec))
     result.update(_model_facts(net))
     if engine["target"] == "torch":
         result.update(precision="fp32", backend="torch", size_mb=result["fp32_size_mb"])
@@ -147,14 +156,19 @@ def _craft(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
     _torch_threads(task)
     from edgeattack.attacks.whitebox import make_attack
     from edgeattack.attacks.whitebox.sources import int8_twin
+    from edgeattack.devices import device_record, resolve_device
     from edgeattack.zoo.factory import create_model
 
+    device = resolve_device(task.device)
     sources = []
     for spec in p["models"]:
+        weights = _weights(spec)
         if p.get("twin_of"):
-            sources.append(int8_twin(task.inputs[f"twin:{spec['name']}"], checkpoint=spec.get("checkpoint")))
+            weights["pretrained"] = bool(weights["pretrained"])
+            source = int8_twin(task.inputs[f"twin:{spec['name']}"], **weights)
         else:
-            sources.append(create_model(spec["name"], checkpoint=spec.get("checkpoint")))
+            source = create_model(spec["name"], **weights)
+        sources.append(source.to(device))
     params = dict(p.get("attack_params") or {})
     if p["eps"] is not None:
         params["eps"] = p["eps"]
@@ -178,6 +192,7 @@ def _craft(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
         "split": p["split"],
         "summary": output.summary(),
         "token_utilisation": artifact.meta.params.get("token_utilisation"),
+        **device_record(device),
     }
     return result, {"artifact": str(path)}
 
@@ -189,7 +204,10 @@ def _open(task: CellTask) -> Any:
     engine, model = task.params["engine"], task.params["model"]
     if engine["target"] == "torch":
         _torch_threads(task)
-        return open_engine(model["name"], checkpoint=model.get("checkpoint"))
+        from edgeattack.engines.torch_engine import TorchEngine
+        from edgeattack.zoo.factory import create_model
+
+        return TorchEngine(create_model(model["name"], **_weights(model)), source=model["name"])
     path = task.inputs["engine"]
     sidecar = task.inputs.get("engine_sidecar")
     if sidecar and not os.path.exists(path + ".json"):
@@ -204,6 +222,28 @@ def _artifacts(task: CellTask) -> list[tuple[str, str]]:
     return [(cell_id, task.inputs[f"artifact:{cell_id}"]) for cell_id in task.params.get("artifacts", [])]
 
 
+def _replayable(artifacts: list[tuple[str, str]], dataset: Any, engine: Any, missing: dict[str, str]) -> list[tuple[str, str]]:
+    """The artifacts that pass the replay checks on `dataset` and `engine`; each other one goes into `missing` with why.
+
+    One artifact that cannot be replayed here (another input size, another dataset) does not cost
+    the cell the others.
+    """
+    from edgeattack.artifacts import PerturbationArtifact, check_replay
+    from edgeattack.errors import ArtifactError
+
+    kept = []
+    for cell_id, path in artifacts:
+        try:
+            check_replay(
+                PerturbationArtifact.load(path), dataset, label=cell_id, input_size=engine.input_size, engine=engine.name
+            )
+        except ArtifactError as exc:
+            missing[cell_id] = f"cannot be replayed: {exc}"
+            continue
+        kept.append((cell_id, path))
+    return kept
+
+
 EngineRun = Callable[[Any, Any, list[str]], Any]
 """`run(engine, dataset, artifact_paths)` -> a result with `to_dict()`."""
 
@@ -211,13 +251,15 @@ EngineRun = Callable[[Any, Any, list[str]], Any]
 def _on_engine(task: CellTask, run: EngineRun, *, limit: int | None) -> tuple[dict[str, Any], dict[str, str]]:
     """What every engine cell does: open the engine, load the eval split, run, save `result.json`."""
     p = task.params
-    artifacts = _artifacts(task)
     dataset = _dataset(p, p["model"]["name"], p["data"]["eval_split"], limit)
+    missing = dict(p.get("missing_artifacts") or {})
     with _open(task) as engine:
+        artifacts = _replayable(_artifacts(task), dataset, engine, missing)
         result = run(engine, dataset, [path for _, path in artifacts])
     doc = result.to_dict()
     if "artifacts" in p:
         doc["artifact_cells"] = [cell_id for cell_id, _ in artifacts]
+        doc["missing_artifacts"] = missing
     return doc, {"result": _write_json(Path(task.workdir) / "result.json", doc)}
 
 
@@ -290,9 +332,9 @@ def _depth(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
     _torch_threads(task)
     p = task.params
     model_spec = p["model"]
-    net = create_model(model_spec["name"], checkpoint=model_spec.get("checkpoint"))
+    net = create_model(model_spec["name"], **_weights(model_spec))
     dataset = _dataset(p, model_spec["name"], p["data"]["eval_split"], p["data"].get("limit"))
-    images, labels, indices = dataset.images, dataset.labels, dataset.indices
+    images, labels, indices = dataset.images[:], dataset.labels, dataset.indices  # [:] decodes lazy images
     passes = [dict(token_depth_summary(net, images), **{"pass": "clean", "artifact": None})]
     for cell_id, path in _artifacts(task):
         artifact = PerturbationArtifact.load(path)
@@ -300,7 +342,7 @@ def _depth(task: CellTask) -> tuple[dict[str, Any], dict[str, str]]:
         adversarial = artifact.apply(images[keep], labels=labels[keep], indices=indices[keep])
         summary = token_depth_summary(net, adversarial)
         passes.append(dict(summary, **{"pass": cell_id.removeprefix("craft/"), "artifact": cell_id}))
-    doc = {"model": model_spec["name"], "passes": passes}
+    doc = {"model": model_spec["name"], "passes": passes, "missing_artifacts": dict(p.get("missing_artifacts") or {})}
     path = _write_json(Path(task.workdir) / "result.json", doc)
     return doc, {"result": path}
 

@@ -60,21 +60,46 @@ class DataConfig(_Strict):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, value: str) -> str:
-        if value != "digits" and not Path(value).is_dir():
-            raise ValueError("expected 'digits' or an existing ImageNet-style folder (root/<split>/<class>/*.jpg)")
+        if not value.strip():
+            raise ValueError("expected 'digits' or the path of an ImageNet-style folder (root/<split>/<class>/*.jpg)")
         return value
+
+    @property
+    def folder(self) -> str | None:
+        """The image folder's path, or None for the embedded digits (checked before a run, not here)."""
+        return None if self.dataset == "digits" else self.dataset
 
 
 class ModelSpec(_Strict):
-    """A zoo name (tiny digits models, timm DeiT names, compressed families), optionally with local weights."""
+    """A zoo name (tiny digits models, timm DeiT names, compressed families) and the weights it runs on.
+
+    A model with shipped weights (the digits zoo) needs nothing; any other names one of
+    `checkpoint: FILE` (.safetensors or .pth, hashed by content), `pretrained: true` (timm's
+    weights, from the local Hugging Face cache or downloaded) or `random_weights: true` (random
+    initialisation, on purpose). Whether the checkpoint exists is checked before a run, so
+    `--dry-run` still prints the plan.
+    """
 
     name: str
     checkpoint: str | None = None
+    pretrained: bool | None = None
+    random_weights: bool = False
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _weights(self) -> ModelSpec:
+        chosen = [k for k in ("checkpoint", "pretrained", "random_weights") if getattr(self, k) not in (None, False)]
+        if len(chosen) > 1:
+            raise ValueError(f"{self.name}: {' and '.join(chosen)} both choose weights; give one of them")
+        return self
+
+    def weights(self) -> dict[str, Any]:
+        """The keyword arguments `create_model` takes for these weights."""
+        return {"checkpoint": self.checkpoint, "pretrained": self.pretrained, "random_weights": self.random_weights}
 
 
 class EngineSpec(_Strict):
@@ -241,6 +266,12 @@ class ExecutorSpec(_Strict):
     workers: int = Field(default=1, ge=1)
     threads: int | None = Field(default=None, ge=1, description="CPU threads per cell (default: cores / workers)")
     ray_address: str | None = None
+    gpus_per_torch_cell: float | None = Field(
+        default=None,
+        ge=0,
+        description="Ray GPUs each torch-heavy cell (a craft) asks for; default: 1 when `device` is "
+        "cuda, 0 when cpu, and with auto 1 only when the Ray cluster reports GPUs",
+    )
 
 
 class ExperimentConfig(_Strict):
@@ -248,6 +279,9 @@ class ExperimentConfig(_Strict):
 
     name: Name
     seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="where torch-heavy cells (crafts) compute: auto is a GPU when the node has one"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     models: list[ModelSpec] = Field(min_length=1)
     engines: list[EngineSpec] = Field(min_length=1)
@@ -268,12 +302,21 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"models repeat: {sorted({n for n in names if names.count(n) > 1})}")
         for spec in value:
             try:
-                get_entry(spec.name)
+                entry = get_entry(spec.name)
             except KeyError as exc:
                 raise ValueError(str(exc)) from None
-            if spec.checkpoint is not None and not Path(spec.checkpoint).is_file():
-                raise ValueError(f"checkpoint {spec.checkpoint} of {spec.name} does not exist")
+            has_own = entry.shipped or bool(entry.weights_of)
+            if not has_own and spec.checkpoint is None and spec.pretrained is None and not spec.random_weights:
+                raise ValueError(
+                    f"{spec.name} has no shipped weights: give it checkpoint: FILE, pretrained: true or random_weights: true"
+                )
+            if spec.random_weights and entry.weights_of:
+                raise ValueError(f"{spec.name} runs on {entry.weights_of}'s shipped weights: random_weights cannot replace them")
         return value
+
+    def missing_files(self) -> list[str]:
+        """Every local file or folder the config names that is not there, one line each (empty when all are)."""
+        return missing_files(self.data, self.models)
 
     @model_validator(mode="after")
     def _references(self) -> ExperimentConfig:
@@ -313,3 +356,14 @@ class ExperimentConfig(_Strict):
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def missing_files(data: DataConfig, models: list[ModelSpec]) -> list[str]:
+    """The image folder and checkpoints among `data` and `models` that do not exist, one line each."""
+    missing = []
+    if data.folder is not None and not Path(data.folder).is_dir():
+        missing.append(f"data.dataset: image folder {data.folder} does not exist (expected root/<split>/<class>/*.JPEG)")
+    for spec in models:
+        if spec.checkpoint is not None and not Path(spec.checkpoint).is_file():
+            missing.append(f"models.{spec.name}.checkpoint: {spec.checkpoint} does not exist")
+    return missing

@@ -161,12 +161,16 @@ def make_executor(
     workers: int = 1,
     ray_address: str | None = None,
     ship_files: bool | None = None,
+    gpus_per_torch_cell: float | None = None,
 ) -> Executor:
-    """The executor `kind` ("local", "process" or "ray") running `fn`; `ray_address`/`ship_files` are the Ray one's.
+    """The executor `kind` ("local", "process" or "ray") running `fn`; `ray_address`, `ship_files` and
+    `gpus_per_torch_cell` are the Ray one's.
 
     `workers` is the process pool's size, or the CPUs of the Ray instance started when
     `ray_address` is None. `ship_files` (Ray) copies the input files to the node running a cell and
     its outputs back; None ships them to a cluster at `ray_address` and not to a local instance.
+    `gpus_per_torch_cell` is what a torch-heavy cell (`CellTask.torch`) asks Ray for: None asks
+    for one GPU when the cluster reports GPUs and none when it does not.
     """
     if kind not in EXECUTORS:
         raise ConfigError(
@@ -182,4 +186,6 @@ def make_executor(
         return ProcessExecutor(fn, workers=workers)
     from edgeattack.experiments.ray_executor import RayExecutor
 
-    return RayExecutor(fn, workers=workers, address=ray_address, ship_files=ship_files)
+    return RayExecutor(
+        fn, workers=workers, address=ray_address, ship_files=ship_files, gpus_per_torch_cell=gpus_per_torch_cell
+    )

@@ -2,8 +2,10 @@
 
 Every cell carries the parameters its function needs and the names of the outputs of other cells
 it reads. Its *input hash* covers its kind, its parameters, the content of the local files it
-names (checkpoints) and the input hashes of the cells it depends on, so changing one input
-re-runs exactly the cells downstream of it.
+names (a checkpoint by its sha256, not its path) and the input hashes of the cells it depends
+on, so changing one input re-runs exactly the cells downstream of it, and moving a file re-runs
+nothing. A cell that replays artifacts depends on their crafts *optionally*: it runs on the
+artifacts that exist and records the others as missing.
 
 Cells, per model M and engine E:
 - `export/M/E`: the deployed engine (nothing to write for a torch engine: model facts only);
@@ -20,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -34,9 +37,19 @@ CELL_SCHEMA = 1
 KINDS = ("export", "craft", "replay", "blackbox", "availability", "depth")
 
 
+TORCH_KINDS = ("craft",)
+"""Cells whose work is gradients through the model (crafting): the ones a GPU speeds up."""
+
+NOT_SELECTED = "not selected by --only and not in the store"
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One unit of work: `kind` run with `params`, reading `inputs` (name -> "cell_id:output")."""
+    """One unit of work: `kind` run with `params`, reading `inputs` (name -> "cell_id:output").
+
+    `optional` are the dependencies whose artifacts the cell replays: when one fails, is skipped
+    or is left out by `--only`, the cell still runs on the others and records the missing ones.
+    """
 
     id: str
     kind: str
@@ -46,9 +59,33 @@ class Cell:
     resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
     timing: bool = False
     """The cell measures latency: with `metrics.exclusive_timing` it runs with no other cell beside it."""
+    optional: tuple[str, ...] = ()
+
+    @property
+    def torch(self) -> bool:
+        """Torch-heavy: a craft (a Ray GPU is asked for it where the cluster has one, and it computes there)."""
+        return self.kind in TORCH_KINDS
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(d for d in self.deps if d not in self.optional)
 
     def input_refs(self) -> dict[str, tuple[str, str]]:
         return {name: tuple(ref.rsplit(":", 1)) for name, ref in self.inputs.items()}  # type: ignore[misc]
+
+    def without(self, missing: dict[str, str]) -> Cell:
+        """This cell without the optional dependencies in `missing` (cell id -> why its artifact is missing)."""
+        if not set(missing) <= set(self.optional):
+            raise ValueError(f"cell {self.id}: {sorted(set(missing) - set(self.optional))} are not optional dependencies")
+        params = dict(self.params, artifacts=[a for a in self.params.get("artifacts", []) if a not in missing])
+        params["missing_artifacts"] = {**self.params.get("missing_artifacts", {}), **missing}
+        return replace(
+            self,
+            params=params,
+            deps=tuple(d for d in self.deps if d not in missing),
+            optional=tuple(d for d in self.optional if d not in missing),
+            inputs={k: v for k, v in self.inputs.items() if v.rsplit(":", 1)[0] not in missing},
+        )
 
 
 @dataclass
@@ -61,12 +98,29 @@ class Plan:
 
     def __post_init__(self) -> None:
         for cell in self.cells.values():
-            digest = hashlib.sha256()
-            doc = {"schema": CELL_SCHEMA, "kind": cell.kind, "params": cell.params, "files": _file_digests(cell.params)}
-            digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
-            for dep in cell.deps:
-                digest.update(self.hashes[dep].encode())
-            self.hashes[cell.id] = digest.hexdigest()
+            self.hashes[cell.id] = self.hash_of(cell)
+
+    def hash_of(self, cell: Cell) -> str:
+        """The input hash of `cell`: its kind, its parameters with local files by content, its dependencies' hashes.
+
+        A checkpoint counts by its sha256 and an image folder by its file listing, not by their
+        paths, so moving them keeps finished cells; why an artifact is missing is not an input.
+        """
+        params = {k: v for k, v in cell.params.items() if k != "missing_artifacts"}
+        digest = hashlib.sha256()
+        doc = {"schema": CELL_SCHEMA, "kind": cell.kind, "params": _by_content(params)}
+        digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
+        for dep in cell.deps:
+            digest.update(self.hashes[dep].encode())
+        return digest.hexdigest()
+
+    def replace_cell(self, cell: Cell) -> str:
+        """Put `cell` in place of the cell with its id (nothing depends on a cell with optional deps); its new hash."""
+        if any(cell.id in other.deps for other in self.cells.values()):
+            raise ValueError(f"cell {cell.id} has dependents: its hash cannot change alone")
+        self.cells[cell.id] = cell
+        self.hashes[cell.id] = self.hash_of(cell)
+        return self.hashes[cell.id]
 
     def __len__(self) -> int:
         return len(self.cells)
@@ -85,36 +139,98 @@ class Plan:
             out[cell.kind] = out.get(cell.kind, 0) + 1
         return out
 
-    def select(self, patterns: list[str]) -> list[str]:
-        """The cells matching any glob pattern, plus everything they depend on."""
+    def matching(self, patterns: list[str]) -> list[str]:
+        """The cells whose id matches any glob pattern (ConfigError when none does)."""
         import fnmatch
 
-        wanted = {c for c in self.cells if any(fnmatch.fnmatchcase(c, p) for p in patterns)}
+        wanted = [c for c in self.cells if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
         if not wanted:
             raise ConfigError(f"no cell matches {', '.join(patterns)}; cells look like {next(iter(self.cells))}")
-        for cell_id in reversed(list(self.cells)):
+        return wanted
+
+    def select(self, patterns: list[str], *, finished: Callable[[str], bool] | None = None) -> list[str]:
+        """The cells matching any glob pattern, plus the cells they cannot run without, in plan order.
+
+        A matching replay, availability or depth cell brings its export, not every craft whose
+        artifact it would replay: it replays the crafts that are selected too, or that
+        `finished(cell_id)` says the store already holds. Use `restrict` for the plan to run.
+        """
+        wanted: set[str] = set()
+        todo = self.matching(patterns)
+        while todo:
+            cell_id = todo.pop()
             if cell_id in wanted:
-                wanted.update(self.cells[cell_id].deps)
+                continue
+            wanted.add(cell_id)
+            todo.extend(self.cells[cell_id].required)
+        for cell_id in reversed(list(self.cells)):  # finished optional deps come with what they need
+            if cell_id not in wanted:
+                continue
+            for dep in self.cells[cell_id].optional:
+                if dep not in wanted and finished is not None and finished(dep):
+                    todo.append(dep)
+            while todo:
+                dep = todo.pop()
+                if dep not in wanted:
+                    wanted.add(dep)
+                    todo.extend(self.cells[dep].required)
         return [c for c in self.cells if c in wanted]
 
+    def restrict(self, patterns: list[str], *, finished: Callable[[str], bool] | None = None) -> Plan:
+        """The plan of `select(patterns)`: each cell without the optional dependencies left out (recorded as missing)."""
+        ids = self.select(patterns, finished=finished)
+        keep = set(ids)
+        cells = {}
+        for cell_id in ids:
+            cell = self.cells[cell_id]
+            dropped = {d: NOT_SELECTED for d in cell.optional if d not in keep}
+            cells[cell_id] = cell.without(dropped) if dropped else cell
+        return Plan(config=self.config, cells=cells)
 
-def _file_digests(params: dict[str, Any]) -> dict[str, str]:
-    """Content fingerprints of the local files a cell's parameters name (so an edited checkpoint re-runs)."""
-    out = {}
+    def missing_files(self) -> list[str]:
+        """The checkpoints and image folder the cells of this plan read that do not exist, one line each."""
+        from edgeattack.experiments.config import missing_files
+
+        used: set[str] = set()
+        for cell in self.cells.values():
+            used.update(_model_names(cell.params))
+        return missing_files(self.config.data, [m for m in self.config.models if m.name in used])
+
+
+def _model_names(params: dict[str, Any]) -> list[str]:
     model = params.get("model")
-    models = params.get("models") or ([model] if isinstance(model, dict) else [])
-    for spec in models:
-        if isinstance(spec, dict) and spec.get("checkpoint"):
-            out[spec["checkpoint"]] = _sha256_file(spec["checkpoint"])
-    data = params.get("data", {})
+    specs = params.get("models") or ([model] if isinstance(model, dict) else [])
+    return [s["name"] for s in specs if isinstance(s, dict)]
+
+
+def _by_content(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with each checkpoint path replaced by the file's sha256 and the image folder by its listing."""
+    out = dict(params)
+    for key in ("model", "models"):
+        value = out.get(key)
+        if isinstance(value, dict):
+            out[key] = _spec_by_content(value)
+        elif isinstance(value, list):
+            out[key] = [_spec_by_content(v) if isinstance(v, dict) else v for v in value]
+    data = out.get("data")
     if isinstance(data, dict) and data.get("dataset", "digits") != "digits":
-        out[data["dataset"]] = _folder_fingerprint(data["dataset"])
+        out["data"] = dict(data, dataset=f"folder:{_folder_fingerprint(data['dataset'])}")
     return out
 
 
-def _sha256_file(path: str) -> str:
-    stat = os.stat(path)
-    return _sha256_cached(path, stat.st_size, stat.st_mtime_ns)
+def _spec_by_content(spec: dict[str, Any]) -> dict[str, Any]:
+    if not spec.get("checkpoint"):
+        return spec
+    return dict(spec, checkpoint=f"sha256:{sha256_file(spec['checkpoint'])}")
+
+
+def sha256_file(path: str) -> str:
+    """The file's sha256, computed once per (path, size, mtime); "missing:PATH" for a file that is not there."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return f"missing:{path}"
+    return _sha256_cached(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
 
 
 @cache
@@ -126,13 +242,18 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-@cache
 def _folder_fingerprint(path: str) -> str:
     """Files, sizes and modification times under an image folder (hashing every image would be slow)."""
-    digest = hashlib.sha256()
     root = Path(path)
     if not root.is_dir():
-        raise ConfigError(f"dataset folder {path} does not exist")
+        return f"missing:{path}"
+    return _folder_cached(str(root.resolve()), root.stat().st_mtime_ns)
+
+
+@cache
+def _folder_cached(path: str, _mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    root = Path(path)
     for directory, dirs, files in sorted(os.walk(root)):
         dirs.sort()
         for name in sorted(files):
@@ -293,6 +414,7 @@ class _PlanBuilder:
                 inputs={**engine_input, **{f"artifact:{c.id}": f"{c.id}:artifact" for c in replays}},
                 resources=resources,
                 timing=True,
+                optional=tuple(c.id for c in replays),
             )
         )
         for attack in self.config.blackbox:
@@ -316,6 +438,7 @@ class _PlanBuilder:
                     inputs={**engine_input, **{f"artifact:{c.id}": f"{c.id}:artifact" for c in desparsify}},
                     resources=resources,
                     timing=True,
+                    optional=tuple(c.id for c in desparsify),
                 )
             )
 
@@ -328,6 +451,7 @@ class _PlanBuilder:
                 params,
                 deps=tuple(c.id for c in desparsify),
                 inputs={f"artifact:{c.id}": f"{c.id}:artifact" for c in desparsify},
+                optional=tuple(c.id for c in desparsify),
             )
         )
 

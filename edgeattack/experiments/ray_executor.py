@@ -4,6 +4,9 @@ A cell asks for Ray resources: `{"CPU": 1}` by default, `{"GPU": 1}` for a CUDA 
 resource such as `{"jetson": 1}` offered by boards joined as Ray nodes
 (`ray start --address=HEAD:6379 --resources='{"jetson": 1}'`), so that each cell lands on a node
 that can run it. A cell no node of the cluster can ever run fails at once instead of waiting.
+A torch-heavy cell (a craft: `CellTask.torch`) also asks for `gpus_per_torch_cell`
+GPUs, by default one when the cluster reports GPUs (`num_gpus=1`: Ray gives it its own GPU) and
+none on a CPU-only cluster; a cell whose resources already name a GPU keeps its own amount.
 
 Nodes of a cluster need not share a filesystem: with `ship_files` the driver sends the input
 files along with the task, the node runs the cell in a private temporary directory, and the
@@ -61,7 +64,13 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(
-        self, fn: CellFunction, *, workers: int = 1, address: str | None = None, ship_files: bool | None = None
+        self,
+        fn: CellFunction,
+        *,
+        workers: int = 1,
+        address: str | None = None,
+        ship_files: bool | None = None,
+        gpus_per_torch_cell: float | None = None,
     ) -> None:
         self._ray = import_ray()
         self._fn = fn
@@ -69,6 +78,7 @@ class RayExecutor(Executor):
         self.address = address
         self.ship_files = address is not None if ship_files is None else bool(ship_files)
         self.capacity = workers
+        self.gpus_per_torch_cell = gpus_per_torch_cell
         self._owns_instance = False
         self._remote: Any = None
         self._nodes: list[dict[str, float]] = []
@@ -90,11 +100,14 @@ class RayExecutor(Executor):
         self._remote = ray.remote(_run_remote)
         self._nodes = self._node_resources()
         self.capacity = max(self.workers, _slots(self._nodes))
+        if self.gpus_per_torch_cell is None:
+            self.gpus_per_torch_cell = 1.0 if any(node.get("GPU", 0.0) > 0 for node in self._nodes) else 0.0
         logger.info(
-            "ray executor: %d node(s), %d task slots, files %s",
+            "ray executor: %d node(s), %d task slots, files %s, %g GPU(s) per torch cell",
             len(self._nodes),
             self.capacity,
             "shipped" if self.ship_files else "shared",
+            self.gpus_per_torch_cell,
         )
 
     def stop(self) -> None:
@@ -112,7 +125,7 @@ class RayExecutor(Executor):
         if self._remote is None:
             raise RuntimeError("the ray executor is not started: use it as a context manager")
         try:
-            options = ray_options(task.resources)
+            options = ray_options(self.task_resources(task))
             reason = unmet_resources(_demand(options), self._nodes)
             if reason is not None:  # nodes may have joined since
                 self._nodes = self._node_resources()
@@ -153,6 +166,14 @@ class RayExecutor(Executor):
             return land_outputs(task, outcome, files)
         except OSError as exc:
             return CellFailure.from_exception(exc)
+
+    def task_resources(self, task: CellTask) -> dict[str, float]:
+        """What `task` asks Ray for: its own resources, and a GPU for a torch-heavy cell (see the module doc)."""
+        resources = dict(task.resources)
+        gpus = self.gpus_per_torch_cell or 0.0
+        if task.torch and gpus > 0 and "GPU" not in resources:
+            resources["GPU"] = gpus
+        return resources
 
     def _node_resources(self) -> list[dict[str, float]]:
         return [dict(node.get("Resources") or {}) for node in self._ray.nodes() if node.get("Alive")]

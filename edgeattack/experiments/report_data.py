@@ -2,7 +2,8 @@
 
 Only the cells of the store's latest plan are reported (a cell dropped from the config stays in
 the store but is not shown); a cell that is not finished with its current inputs is left out of
-the numbers, and failed or skipped cells are listed with their errors.
+the numbers, and failed or skipped cells are listed with their errors, as is every artifact a
+finished cell could not replay because its craft failed or was skipped.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgeattack.experiments.plan import NOT_SELECTED
 from edgeattack.experiments.store import CellRecord, ExperimentStore, open_store_for_report
 
 
@@ -172,11 +174,19 @@ class _Tables:
         return rows
 
     def failures(self) -> list[dict[str, Any]]:
-        return [
+        """Failed, skipped and interrupted cells, then every artifact a finished cell could not replay."""
+        rows = [
             {"cell": r.id, "kind": r.kind, "status": r.status, "error": r.error or "interrupted while running"}
             for r in self.records
             if r.status in ("failed", "skipped", "running")
         ]
+        for record in self.done.values():
+            missing = (record.result or {}).get("missing_artifacts") or {}
+            for craft, reason in missing.items():
+                if reason != NOT_SELECTED:
+                    error = f"not replayed: artifact {craft} {reason}"
+                    rows.append({"cell": record.id, "kind": record.kind, "status": "not replayed", "error": error})
+        return rows
 
 
 def _energy_columns(energy: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,10 @@ class CellTask:
     workdir: str
     resources: dict[str, float]
     threads: int = 1
+    device: str = "cpu"
+    """Where a torch-heavy cell (a craft) computes: auto, cpu or cuda (`edgeattack.devices.resolve_device`)."""
+    torch: bool = False
+    """Torch-heavy (a craft): the Ray executor asks a GPU for it where the cluster has one."""
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ def quantize_static_qdq(
             f"calibration images are {calibration.input_shape} but {fp32_onnx} takes {source.input_size}"
         )
     chosen = calibration_subset(calibration, num_images, seed)
-    reader = ImageCalibrationReader(chosen.images, source.input_name)
+    reader = ImageCalibrationReader(np.asarray(chosen.images), source.input_name)
     qtype = quantization.QuantType
     activation_type = qtype.QUInt8 if recipe_preset.activation_type == "uint8" else qtype.QInt8
     extra: dict[str, Any] = {

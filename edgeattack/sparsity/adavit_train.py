@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +31,10 @@ from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
 from edgeattack.errors import ConfigError, DataError
 from edgeattack.sparsity.adavit import AdaViT, AdaViTOutput
-from edgeattack.sparsity.dynamicvit_train import stop_diverged
+from edgeattack.sparsity.dynamicvit_train import fill_report, loss_terms, stop_diverged
+from edgeattack.training.loop import LoopConfig, StepDiverged, run_training
 from edgeattack.zoo.factory import ZooModel, state_dict_sha256
-from edgeattack.zoo.train import evaluate_accuracy, random_shift
+from edgeattack.zoo.train import evaluate_accuracy
 
 logger = logging.getLogger(__name__)
 torch = require("torch", feature="AdaViT training")
@@ -144,12 +143,13 @@ def token_utilisation(model: Any, dataset: ImageDataset, batch_size: int = 128) 
     model.eval()
     out = []
     with torch.no_grad():
+        device = next(net.parameters()).device
         for images, _ in dataset.batches(batch_size):
-            x = torch.from_numpy(images)
+            x = torch.from_numpy(images).to(device)
             if net is not model:
                 x = (x - model.mean) / model.std
             _, counts = net.forward_counts(x)
-            out.append(counts.sum(dim=1).double().numpy() / (net.depth * net.num_tokens))
+            out.append(counts.cpu().sum(dim=1).double().numpy() / (net.depth * net.num_tokens))
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -191,9 +191,6 @@ def train_adavit(
     if val is not None:
         report.teacher_val_acc = evaluate_accuracy(teacher, val)
 
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
     decision_params = list(net.decisions.parameters())
     decision_ids = {id(p) for p in decision_params}
     backbone_params = [p for p in student.parameters() if id(p) not in decision_ids]
@@ -203,76 +200,69 @@ def train_adavit(
     else:
         for p in backbone_params:
             p.requires_grad_(False)
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total, warmup = config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    params = [p for g in groups for p in g["params"]]
-    max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
-    teacher.eval()
-    start = time.perf_counter()
-    for epoch in range(config.epochs):
-        student.train()
+    def before_epoch(epoch: int) -> None:
         net.noise = 1.0 + (config.final_noise - 1.0) * epoch / max(config.epochs - 1, 1)
-        order = torch.randperm(len(train), generator=generator)
-        sums = dict.fromkeys(LOSS_TERMS, 0.0)
-        used = dict.fromkeys(USAGES, 0.0)
-        for step in range(steps_per_epoch):
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = random_shift(images[batch], config.max_shift, generator)
-            t_logits = None
-            if config.distill_weight > 0:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-            out = student(x)
-            terms = adavit_loss(out, labels[batch], t_logits, config)
-            loss = terms["loss"]
-            where = f"epoch {epoch + 1}/{config.epochs}, step {step + 1}/{steps_per_epoch}"
-            if not bool(torch.isfinite(loss)):
-                stop_diverged(
-                    student, report, start, f"{student.model_name}: loss is {float(loss.detach())} at {where}", terms
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            if not bool(torch.isfinite(grad_norm)):
-                stop_diverged(
-                    student, report, start, f"{student.model_name}: gradient norm is {float(grad_norm)} at {where}"
-                )
-            optimizer.step()
-            scheduler.step()
-            report.steps += 1
-            for key in LOSS_TERMS:
-                sums[key] += float(terms[key].detach()) * len(batch)
-            for what, decisions in zip(USAGES, (out.token_keep, out.head_keep, out.block_keep), strict=True):
-                if decisions is not None:
-                    used[what] += float(decisions.detach().mean()) * len(batch)
-        report.losses.append({k: v / len(train) for k, v in sums.items()})
-        report.train_usage.append({k: v / len(train) for k, v in used.items()})
-        acc = None
-        if val is not None:
-            acc = evaluate_accuracy(student, val)
-            report.val_acc.append(acc)
-            report.val_tur.append(float(token_utilisation(student, val).mean()))
-        logger.info(
-            "%s epoch %d: %s usage=%s val_acc=%s val_tur=%s",
-            student.model_name,
-            epoch + 1,
-            report.losses[-1],
-            report.train_usage[-1],
-            acc,
-            report.val_tur[-1] if report.val_tur else None,
-        )
+
+    def step(model: Any, x: Any, y: Any) -> tuple[Any, dict[str, Any]]:
+        t_logits = None
+        if config.distill_weight > 0:
+            with torch.no_grad():
+                t_logits = teacher(x)
+        out = model(x)
+        terms = adavit_loss(out, y, t_logits, config)
+        used = {
+            f"used_{what}": decisions.detach().mean()
+            for what, decisions in zip(USAGES, (out.token_keep, out.head_keep, out.block_keep), strict=True)
+            if decisions is not None
+        }
+        return terms.pop("loss"), {**terms, **used}
+
+    def record(means: dict[str, float], figures: dict[str, float] | None) -> None:
+        report.losses.append({k: means[k] for k in LOSS_TERMS})
+        report.train_usage.append({what: means.get(f"used_{what}", 0.0) for what in USAGES})
+        if figures is not None:
+            report.val_acc.append(figures["acc"])
+            report.val_tur.append(figures["tur"])
+
+    def validate(model: Any) -> dict[str, float]:
+        return {"acc": evaluate_accuracy(model, val), "tur": float(token_utilisation(model, val).mean())}
+
+    def progress(epoch: int, means: dict[str, float], figures: dict[str, float] | None) -> None:
+        losses = {k: means[k] for k in LOSS_TERMS}
+        usage = {what: means.get(f"used_{what}", 0.0) for what in USAGES}
+        acc, tur = (None, None) if figures is None else (figures["acc"], figures["tur"])
+        logger.info("%s epoch %d: %s usage=%s val_acc=%s val_tur=%s", student.model_name, epoch + 1, losses, usage, acc, tur)
         if on_epoch is not None:
-            on_epoch(epoch, report.losses[-1], acc)
-    report.wall_s = time.perf_counter() - start
-    net.noise = 1.0
+            on_epoch(epoch, losses, acc)
+
+    loop = LoopConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        max_shift=config.max_shift,
+        warmup_epochs=config.warmup_epochs,
+        grad_clip=config.max_grad_norm if config.max_grad_norm is not None else float("inf"),
+        check_finite=True,
+    )
+    try:
+        result = run_training(
+            student,
+            train,
+            step,
+            lambda: torch.optim.AdamW(groups, weight_decay=config.weight_decay),
+            loop,
+            frozen=(teacher,),
+            validate=None if val is None else validate,
+            before_epoch=before_epoch,
+            on_epoch=progress,
+        )
+    except StepDiverged as stop:
+        fill_report(report, stop.result, record)
+        stop_diverged(student, report, f"{student.model_name}: {stop}", loss_terms(stop, LOSS_TERMS))
+    finally:
+        net.noise = 1.0
+    fill_report(report, result, record)
     student.weights_sha256 = state_dict_sha256(student)
     return student.eval(), report
 

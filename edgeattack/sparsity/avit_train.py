@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +29,10 @@ from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
 from edgeattack.errors import ConfigError, DataError
 from edgeattack.sparsity.avit import AViT, AViTOutput, gate_center_for
-from edgeattack.sparsity.dynamicvit_train import check_teacher, stop_diverged
+from edgeattack.sparsity.dynamicvit_train import check_teacher, fill_report, loss_terms, stop_diverged
+from edgeattack.training.loop import LoopConfig, StepDiverged, run_training
 from edgeattack.zoo.factory import ZooModel, state_dict_sha256
-from edgeattack.zoo.train import evaluate_accuracy, random_shift
+from edgeattack.zoo.train import evaluate_accuracy
 
 logger = logging.getLogger(__name__)
 torch = require("torch", feature="A-ViT training")
@@ -136,10 +135,10 @@ def token_utilisation(model: Any, dataset: ImageDataset, batch_size: int = 256) 
     correct, turs = 0, []
     with torch.no_grad():
         for images, labels in dataset.batches(batch_size):
-            x = (torch.from_numpy(images) - model.mean) / model.std
+            x = (torch.from_numpy(images).to(model.mean.device) - model.mean) / model.std
             logits, counts = net.forward_counts(x)
-            correct += int((logits.argmax(1).numpy() == labels).sum())
-            turs.append(counts.sum(dim=1).double() / (net.depth * net.num_tokens))
+            correct += int((logits.argmax(1).cpu().numpy() == labels).sum())
+            turs.append(counts.cpu().sum(dim=1).double() / (net.depth * net.num_tokens))
     return correct / max(len(dataset), 1), torch.cat(turs).numpy()
 
 
@@ -191,84 +190,73 @@ def train_avit(
         report.teacher_val_acc = evaluate_accuracy(teacher, val)
     target = distribution_target(net.depth, config.target_depth)
 
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total, warmup = config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch
+    tokens = net.depth * net.num_tokens
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+    def step(model: Any, x: Any, y: Any) -> tuple[Any, dict[str, Any]]:
+        teacher_logits = None
+        if config.distill_weight > 0:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+        out = model(x)
+        terms = avit_loss(
+            out,
+            y,
+            teacher_logits,
+            target,
+            ponder_weight=config.ponder_weight,
+            prior_weight=config.prior_weight,
+            distill_weight=config.distill_weight,
+            label_smoothing=config.label_smoothing,
+        )
+        tur = float(out.counts.detach().sum()) / tokens / len(x)
+        return terms.pop("loss"), {**terms, "tur": tur}
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    teacher.eval()
-    start = time.perf_counter()
-    for epoch in range(config.epochs):
-        student.train()
-        order = torch.randperm(len(train), generator=generator)
-        sums = dict.fromkeys(LOSS_TERMS, 0.0)
-        tur_sum = 0.0
-        for step in range(steps_per_epoch):
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = random_shift(images[batch], config.max_shift, generator)
-            teacher_logits = None
-            if config.distill_weight > 0:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-            out = student(x)
-            terms = avit_loss(
-                out,
-                labels[batch],
-                teacher_logits,
-                target,
-                ponder_weight=config.ponder_weight,
-                prior_weight=config.prior_weight,
-                distill_weight=config.distill_weight,
-                label_smoothing=config.label_smoothing,
-            )
-            loss = terms["loss"]
-            where = f"epoch {epoch + 1}/{config.epochs}, step {step + 1}/{steps_per_epoch}"
-            if not bool(torch.isfinite(loss)):
-                stop_diverged(
-                    student, report, start, f"{student.model_name}: loss is {float(loss.detach())} at {where}", terms
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            if not bool(torch.isfinite(grad_norm)):
-                stop_diverged(
-                    student, report, start, f"{student.model_name}: gradient norm is {float(grad_norm)} at {where}"
-                )
-            optimizer.step()
-            scheduler.step()
-            report.steps += 1
-            for key in LOSS_TERMS:
-                sums[key] += float(terms[key].detach()) * len(batch)
-            tur_sum += float(out.counts.sum()) / (net.depth * net.num_tokens)
-        report.losses.append({k: v / len(train) for k, v in sums.items()})
-        report.epoch_train_tur.append(tur_sum / len(train))
-        acc = None
-        if val is not None:
-            acc, turs = token_utilisation(student, val)
-            report.epoch_val_acc.append(acc)
-            report.epoch_val_tur.append(float(turs.mean()))
+    def record(means: dict[str, float], figures: dict[str, float] | None) -> None:
+        report.losses.append({k: means[k] for k in LOSS_TERMS})
+        report.epoch_train_tur.append(means["tur"])
+        if figures is not None:
+            report.epoch_val_acc.append(figures["acc"])
+            report.epoch_val_tur.append(figures["tur"])
+
+    def validate(model: Any) -> dict[str, float]:
+        acc, turs = token_utilisation(model, val)
+        return {"acc": acc, "tur": float(turs.mean())}
+
+    def progress(epoch: int, means: dict[str, float], figures: dict[str, float] | None) -> None:
+        losses = {k: means[k] for k in LOSS_TERMS}
+        acc, tur = (None, None) if figures is None else (figures["acc"], figures["tur"])
         logger.info(
             "%s epoch %d: %s train_tur=%.3f val_acc=%s val_tur=%s",
-            student.model_name,
-            epoch + 1,
-            report.losses[-1],
-            report.epoch_train_tur[-1],
-            acc,
-            report.epoch_val_tur[-1] if report.epoch_val_tur else None,
+            student.model_name, epoch + 1, losses, means["tur"], acc, tur,
         )
         if on_epoch is not None:
-            on_epoch(epoch, report.losses[-1], acc)
-    report.wall_s = time.perf_counter() - start
+            on_epoch(epoch, losses, acc)
+
+    loop = LoopConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        max_shift=config.max_shift,
+        warmup_epochs=config.warmup_epochs,
+        grad_clip=config.max_grad_norm if config.max_grad_norm is not None else float("inf"),
+        check_finite=True,
+    )
+    params = [p for p in student.parameters() if p.requires_grad]
+    try:
+        result = run_training(
+            student,
+            train,
+            step,
+            lambda: torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay),
+            loop,
+            frozen=(teacher,),
+            validate=None if val is None else validate,
+            on_epoch=progress,
+        )
+    except StepDiverged as stop:
+        fill_report(report, stop.result, record)
+        stop_diverged(student, report, f"{student.model_name}: {stop}", loss_terms(stop, LOSS_TERMS))
+    fill_report(report, result, record)
     student.weights_sha256 = state_dict_sha256(student)
     return student.eval(), report
 

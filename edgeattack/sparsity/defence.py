@@ -42,10 +42,11 @@ def clean_counts(model: Any, dataset: ImageDataset, *, batch_size: int = 64) -> 
     net.set_token_cap(None)
     try:
         parts = []
+        device = next(model.parameters()).device
         with torch.no_grad():
-            for start in range(0, len(dataset), batch_size):
-                images = torch.from_numpy(np.ascontiguousarray(dataset.images[start : start + batch_size]))
-                parts.append(model.forward_counts(images)[1].numpy())
+            for images, _ in dataset.batches(batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+                parts.append(model.forward_counts(x)[1].cpu().numpy())
         return np.concatenate(parts)
     finally:
         net.set_token_cap(previous)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +26,9 @@ from edgeattack.data.base import ImageDataset
 from edgeattack.errors import ConfigError, DataError, TrainingDivergedError
 from edgeattack.sparsity.dynamicvit import DynamicViT, DynamicViTOutput
 from edgeattack.sparsity.schedule import check_keep_rate, dynamicvit_name
+from edgeattack.training.loop import LoopConfig, LoopResult, StepDiverged, run_training
 from edgeattack.zoo.factory import ZooModel, state_dict_sha256
-from edgeattack.zoo.train import evaluate_accuracy, random_shift
+from edgeattack.zoo.train import evaluate_accuracy
 
 logger = logging.getLogger(__name__)
 torch = require("torch", feature="DynamicViT training")
@@ -200,9 +200,6 @@ def train_dynamicvit(
     if val is not None:
         report.teacher_val_acc = evaluate_accuracy(teacher, val)
 
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
     predictor_params = list(net.score_predictor.parameters())
     predictor_ids = {id(p) for p in predictor_params}
     backbone_params = [p for p in student.parameters() if id(p) not in predictor_ids]
@@ -212,83 +209,93 @@ def train_dynamicvit(
     else:
         for p in backbone_params:
             p.requires_grad_(False)
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total, warmup = config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch
+    stages = range(len(net.keep_ratios))
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+    def step(model: Any, x: Any, y: Any) -> tuple[Any, dict[str, Any]]:
+        t_logits, t_tokens = teacher_outputs(teacher, x)
+        out = model(x)
+        terms = dynamicvit_loss(
+            out,
+            y,
+            t_logits,
+            t_tokens,
+            net.keep_ratios,
+            ratio_weight=config.ratio_weight,
+            distill_weight=config.distill_weight,
+            token_weight=config.token_weight,
+            label_smoothing=config.label_smoothing,
+        )
+        keeps = {f"keep{s}": decision.detach().mean() for s, decision in zip(stages, out.decisions, strict=True)}
+        return terms.pop("loss"), {**terms, **keeps}
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    params = [p for g in groups for p in g["params"]]
-    teacher.eval()
-    start = time.perf_counter()
-    for epoch in range(config.epochs):
-        student.train()
-        order = torch.randperm(len(train), generator=generator)
-        sums = dict.fromkeys(LOSS_TERMS, 0.0)
-        keep_sums = [0.0] * len(net.keep_ratios)
-        for step in range(steps_per_epoch):
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = random_shift(images[batch], config.max_shift, generator)
-            t_logits, t_tokens = teacher_outputs(teacher, x)
-            out = student(x)
-            terms = dynamicvit_loss(
-                out,
-                labels[batch],
-                t_logits,
-                t_tokens,
-                net.keep_ratios,
-                ratio_weight=config.ratio_weight,
-                distill_weight=config.distill_weight,
-                token_weight=config.token_weight,
-                label_smoothing=config.label_smoothing,
-            )
-            loss = terms["loss"]
-            where = f"epoch {epoch + 1}/{config.epochs}, step {step + 1}/{steps_per_epoch}"
-            if not bool(torch.isfinite(loss)):
-                stop_diverged(
-                    student, report, start, f"{student.model_name}: loss is {float(loss.detach())} at {where}", terms
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            if not bool(torch.isfinite(grad_norm)):
-                stop_diverged(
-                    student, report, start, f"{student.model_name}: gradient norm is {float(grad_norm)} at {where}"
-                )
-            optimizer.step()
-            scheduler.step()
-            report.steps += 1
-            for key in LOSS_TERMS:
-                sums[key] += float(terms[key].detach()) * len(batch)
-            for s, decision in enumerate(out.decisions):
-                keep_sums[s] += float(decision.detach().mean()) * len(batch)
-        report.losses.append({k: v / len(train) for k, v in sums.items()})
-        report.train_keep_ratios.append([v / len(train) for v in keep_sums])
-        acc = evaluate_accuracy(student, val) if val is not None else None
-        if acc is not None:
-            report.val_acc.append(acc)
-        logger.info("%s epoch %d: %s val_acc=%s", student.model_name, epoch + 1, report.losses[-1], acc)
+    def record(means: dict[str, float], figures: dict[str, float] | None) -> None:
+        report.losses.append({k: means[k] for k in LOSS_TERMS})
+        report.train_keep_ratios.append([means[f"keep{s}"] for s in stages])
+        if figures is not None:
+            report.val_acc.append(figures["acc"])
+
+    def progress(epoch: int, means: dict[str, float], figures: dict[str, float] | None) -> None:
+        losses, acc = {k: means[k] for k in LOSS_TERMS}, None if figures is None else figures["acc"]
+        logger.info("%s epoch %d: %s val_acc=%s", student.model_name, epoch + 1, losses, acc)
         if on_epoch is not None:
-            on_epoch(epoch, report.losses[-1], acc)
-    report.wall_s = time.perf_counter() - start
+            on_epoch(epoch, losses, acc)
+
+    loop = LoopConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        max_shift=config.max_shift,
+        warmup_epochs=config.warmup_epochs,
+        grad_clip=config.max_grad_norm if config.max_grad_norm is not None else float("inf"),
+        check_finite=True,
+    )
+    try:
+        result = run_training(
+            student,
+            train,
+            step,
+            lambda: torch.optim.AdamW(groups, weight_decay=config.weight_decay),
+            loop,
+            frozen=(teacher,),
+            validate=None if val is None else (lambda model: {"acc": evaluate_accuracy(model, val)}),
+            on_epoch=progress,
+        )
+    except StepDiverged as stop:
+        fill_report(report, stop.result, record)
+        stop_diverged(student, report, f"{student.model_name}: {stop}", loss_terms(stop, LOSS_TERMS))
+    fill_report(report, result, record)
     student.weights_sha256 = state_dict_sha256(student)
     return student.eval(), report
 
 
-def stop_diverged(
-    student: ZooModel, report: Any, start: float, message: str, terms: dict[str, Any] | None = None
+def fill_report(
+    report: Any, result: LoopResult, record: Callable[[dict[str, float], dict[str, float] | None], None]
 ) -> None:
+    """Copy the loop's figures into a token-sparse trainer's report: steps, wall time, `record` per epoch.
+
+    `record(means, validation)` gets each epoch's mean terms and its validation figures (None on the
+    ranks other than 0, which do not validate).
+    """
+    report.steps = result.steps
+    report.wall_s = result.wall_s
+    figures: list[dict[str, float] | None] = list(result.val)
+    if len(figures) != len(result.epochs):
+        figures = [None] * len(result.epochs)
+    for means, val in zip(result.epochs, figures, strict=True):
+        record(means, val)
+
+
+def loss_terms(stop: StepDiverged, names: tuple[str, ...]) -> dict[str, Any] | None:
+    """The named loss terms of a diverged step, for its message (None when it diverged in the gradient)."""
+    return {k: stop.terms[k] for k in names if k in stop.terms} or None
+
+
+def stop_diverged(student: ZooModel, report: Any, message: str, terms: dict[str, Any] | None = None) -> None:
     """Stop: the optimizer has not stepped on the bad loss, so `student` keeps its last good weights.
 
     Shared by the token-sparse trainers (DynamicViT, A-ViT, AdaViT); `report` is the trainer's report
-    dataclass (its `wall_s` is set), `terms` the loss terms shown in the message.
+    dataclass, `terms` the loss terms shown in the message.
     """
-    report.wall_s = time.perf_counter() - start
     student.eval()
     student.weights_sha256 = state_dict_sha256(student)
     detail = ""

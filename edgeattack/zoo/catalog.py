@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from edgeattack.zoo.config import ModelConfig
 from edgeattack.zoo.registry import register_model
 
@@ -27,7 +29,9 @@ register_model(
     shipped=True,
 )
 
-_IMAGENET = ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.875, interpolation="bicubic")
+# timm's pretrained_cfg of deit_*_patch16_224 and deit_*_distilled_patch16_224: crop_pct 0.9, bicubic, center.
+DEIT_CONFIG = ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.9, interpolation="bicubic")
+_IMAGENET = DEIT_CONFIG
 for _size, _what in (("tiny", "DeiT-Ti"), ("small", "DeiT-S"), ("base", "DeiT-B")):
     register_model(
         f"deit_{_size}_patch16_224",
@@ -38,9 +42,7 @@ for _size, _what in (("tiny", "DeiT-Ti"), ("small", "DeiT-S"), ("base", "DeiT-B"
     register_model(
         f"deit_{_size}_distilled_patch16_224",
         f"{_VIT}:build_timm_vit",
-        ModelConfig(
-            input_size=(3, 224, 224), num_classes=1000, crop_pct=0.875, interpolation="bicubic", family="distill"
-        ),
+        dataclasses.replace(DEIT_CONFIG, family="distill"),
         description=f"{_what} with the distillation token, from timm (logits: mean of both heads)",
     )
 

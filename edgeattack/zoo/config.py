@@ -15,6 +15,9 @@ class ModelConfig:
     """A zoo model's input contract (timm's PretrainedCfg, trimmed to what edgeattack uses).
 
     Images enter every model as float32 NCHW in `bounds`; `mean`/`std` are applied inside it.
+    `input_size`, `crop_pct`, `interpolation` and `crop_mode` are the eval preprocessing, as in
+    the pretrained_cfg of the timm model the entry is built from
+    (`edgeattack.data.preprocess_for(config)` turns them into a `PreprocessConfig`).
     """
 
     input_size: tuple[int, int, int]
@@ -24,6 +27,8 @@ class ModelConfig:
     bounds: tuple[float, float] = (0.0, 1.0)
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
+    crop_mode: str = "center"
+    """timm's eval crop mode: "center", "squash" or "border" (`edgeattack.data.preprocess`)."""
     labels: tuple[str, ...] = field(default=())
     family: str = "original"
     dataset: str = "imagenet"

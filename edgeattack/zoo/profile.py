@@ -68,7 +68,8 @@ class ModelProfile:
     S / B: 22 / 85 / 331) is `ls -h` of the checkpoint (MiB, rounded up), its int8 column
     (6.4 / 23 / 89) is in MB. `gflops`: one multiply-add = one FLOP, dense model, one image.
     Throughputs are images/s at `batch_size` with `threads` CPU threads; None when not measured,
-    with the reason in `notes`.
+    with the reason in `notes`. `device` is where the torch throughput ran (ONNX Runtime's is
+    always on the CPU); `device_name` the GPU's name for CUDA.
     """
 
     name: str
@@ -94,6 +95,8 @@ class ModelProfile:
     int8_scheme: str = INT8_SCHEME
     flops_convention: str = "1 multiply-add = 1 FLOP; matmuls and convs only (fvcore-style)"
     notes: tuple[str, ...] = field(default=())
+    device: str = "cpu"
+    device_name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -316,6 +319,9 @@ def profile_model(
     min_runs: int = 3,
     min_seconds: float = 1.0,
     warn: bool = True,
+    device: str = "cpu",
+    pretrained: bool | None = None,
+    random_weights: bool = False,
 ) -> ModelProfile:
     """Profile zoo model `name_or_model` (a name, built with `create_model`, or a ZooModel).
 
@@ -323,8 +329,15 @@ def profile_model(
     FLOPs depend only on the architecture. `threads` sets torch's and ONNX Runtime's intra-op
     threads for the timing (default: torch's current setting, used for both). Timing: `warmup_runs`
     untimed calls, then at least `min_runs` calls and `min_seconds` seconds. `onnx=False` skips
-    the ONNX export and its timing; `int8=False` skips the int8 size.
+    the ONNX export and its timing; `int8=False` skips the int8 size. `device` ("auto", "cpu",
+    "cuda[:N]", see `edgeattack.devices.resolve_device`) is where the torch throughput is timed
+    (synchronised after each call on CUDA); sizes, FLOPs and ONNX Runtime stay on the CPU.
+    `pretrained` / `random_weights` are passed to `create_model` with a name (a timm name with
+    neither, and no checkpoint, is built with random weights: the profile is the architecture's).
     """
+    from edgeattack.devices import device_record, resolve_device
+
+    torch_device = resolve_device(device)
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
     if min_runs < 1 or warmup_runs < 0 or min_seconds < 0:
@@ -336,9 +349,14 @@ def profile_model(
         from edgeattack.zoo.registry import get_entry
 
         entry = get_entry(name_or_model)
-        model = create_model(name_or_model, checkpoint=checkpoint)  # timm names: random weights, no download
+        architecture_only = checkpoint is None and not pretrained and not entry.shipped
+        model = create_model(
+            name_or_model, checkpoint=checkpoint, pretrained=pretrained, random_weights=architecture_only or random_weights
+        )
         if checkpoint is not None:
             weights = f"checkpoint {checkpoint}"
+        elif pretrained and not entry.shipped:
+            weights = "timm pretrained"
         elif entry.shipped and shipped_weights(name_or_model) is not None:
             weights = "shipped"
         else:
@@ -388,10 +406,16 @@ def profile_model(
         if measure_throughput:
             generator = torch.Generator().manual_seed(0)
             images = torch.rand((batch_size, *input_size), generator=generator)
+            on_device = model.to(torch_device)
+            device_images = images.to(torch_device)
+            cuda = torch_device.startswith("cuda")
 
             def run_torch(batch: Any) -> Any:
                 with torch.inference_mode():
-                    return model(batch)
+                    logits = on_device(device_images if batch is images else batch.to(torch_device))
+                if cuda:
+                    torch.cuda.synchronize(torch_device)
+                return logits
 
             latency_torch = _timing(
                 "torch",
@@ -403,6 +427,7 @@ def profile_model(
                 min_seconds=min_seconds,
                 warn=warn,
             )
+            model.to("cpu")  # the ONNX export and the sizes work on the CPU copy
             if onnx:
                 latency_ort = _ort_latency(
                     model,
@@ -439,6 +464,8 @@ def profile_model(
         latency_torch=None if latency_torch is None else latency_torch.to_dict(),
         latency_ort=None if latency_ort is None else latency_ort.to_dict(),
         notes=tuple(notes),
+        device=torch_device,
+        device_name=device_record(torch_device).get("device_name"),
     )
 
 

@@ -2,24 +2,28 @@
 
 Deterministic for a seed on the CPU: seeded init, seeded shuffling and augmentation, one thread
 setting left to the caller. Augmentation is random translation (pad + crop), which suits digits.
+The loop itself (batches, device, precision, torchrun ranks) is `edgeattack.training.loop`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from edgeattack._io import sha256_file
 from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
 from edgeattack.errors import ConfigError
+from edgeattack.training.augment import random_shift
+from edgeattack.training.loop import LoopConfig, run_training
 from edgeattack.zoo.factory import ZooModel, count_parameters
 from edgeattack.zoo.manifest import ManifestEntry, write_entry
+
+__all__ = ["TrainConfig", "TrainReport", "evaluate_accuracy", "random_shift", "save_weights", "train_model"]
 
 logger = logging.getLogger(__name__)
 torch = require("torch", feature="training")
@@ -55,29 +59,15 @@ class TrainReport:
     wall_s: float = 0.0
 
 
-def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to `max_shift` pixels (zero padding), independently per image."""
-    if max_shift == 0:
-        return images
-    n, c, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1)
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w)
-    batch = torch.arange(n).view(n, 1, 1, 1)
-    channel = torch.arange(c).view(1, c, 1, 1)
-    return padded[batch, channel, rows, cols]
-
-
 def evaluate_accuracy(model: ZooModel, dataset: ImageDataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy of a torch model on a dataset."""
+    """Top-1 accuracy of a torch model on a dataset (on the device the model's weights are on)."""
+    device = next(model.parameters()).device
     model.eval()
     correct = 0
     with torch.no_grad():
         for images, labels in dataset.batches(batch_size):
-            logits = model(torch.from_numpy(images))
-            correct += int((logits.argmax(1).numpy() == labels).sum())
+            logits = model(torch.from_numpy(images).to(device))
+            correct += int((logits.argmax(1).cpu().numpy() == labels).sum())
     return correct / max(len(dataset), 1)
 
 
@@ -89,48 +79,45 @@ def train_model(
     *,
     on_epoch: Callable[[int, float, float | None], None] | None = None,
 ) -> TrainReport:
-    """Train `model` in place with cross-entropy; `on_epoch(epoch, loss, val_acc)` reports progress."""
+    """Train `model` in place with cross-entropy; `on_epoch(epoch, loss, val_acc)` reports progress.
+
+    Runs on the device, precision and torchrun ranks of the current training runtime
+    (`edgeattack.training.runtime`); validation and `on_epoch` run on rank 0 only.
+    """
     config = config or TrainConfig()
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    images = torch.from_numpy(train.images)
-    labels = torch.from_numpy(train.labels)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total = config.epochs * steps_per_epoch
-    warmup = config.warmup_epochs * steps_per_epoch
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    report = TrainReport(epochs=config.epochs)
-    start = time.perf_counter()
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
-        running = 0.0
-        for step in range(steps_per_epoch):
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = random_shift(images[batch], config.max_shift, generator)
-            loss = criterion(model(x), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            running += float(loss.detach()) * len(batch)
-        report.train_loss.append(running / len(train))
-        acc = evaluate_accuracy(model, val) if val is not None else None
-        if acc is not None:
-            report.val_acc.append(acc)
+
+    def step(net: Any, x: Any, y: Any) -> tuple[Any, dict[str, Any]]:
+        return criterion(net(x), y), {}
+
+    def progress(epoch: int, means: dict[str, float], val_figures: dict[str, float] | None) -> None:
+        acc = None if val_figures is None else val_figures["acc"]
+        shown = "" if acc is None else f", val acc {acc:.4f}"
+        logger.info("epoch %d/%d: loss %.4f%s", epoch + 1, config.epochs, means["loss"], shown)
         if on_epoch is not None:
-            on_epoch(epoch, report.train_loss[-1], acc)
-    report.wall_s = time.perf_counter() - start
-    model.eval()
-    return report
+            on_epoch(epoch, means["loss"], acc)
+
+    result = run_training(
+        model,
+        train,
+        step,
+        lambda: torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
+        LoopConfig(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            max_shift=config.max_shift,
+            warmup_epochs=config.warmup_epochs,
+        ),
+        validate=None if val is None else (lambda net: {"acc": evaluate_accuracy(net, val)}),
+        on_epoch=progress,
+    )
+    return TrainReport(
+        epochs=config.epochs,
+        train_loss=[means["loss"] for means in result.epochs],
+        val_acc=[figures["acc"] for figures in result.val],
+        wall_s=result.wall_s,
+    )
 
 
 def save_weights(
@@ -143,6 +130,7 @@ def save_weights(
     seed: int = 0,
     command: str = "",
     architecture: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> ManifestEntry:
     """Write `<name>.safetensors` (the whole ZooModel state) and its manifest entry in `out_dir`."""
     safetensors_torch = require("safetensors.torch", feature="saving weights")
@@ -150,7 +138,7 @@ def save_weights(
     out.mkdir(parents=True, exist_ok=True)
     name = name or model.model_name
     path = out / f"{name}.safetensors"
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
     safetensors_torch.save_file(state, str(tmp), metadata={"model": model.model_name})
     tmp.replace(path)
@@ -166,6 +154,7 @@ def save_weights(
         seed=seed,
         command=command,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        extra=dict(extra or {}),
     )
     write_entry(entry, out)
     model.weights_sha256 = entry.sha256

@@ -79,7 +79,8 @@ def run_blackbox(
     target = spec.targets_for(dataset.labels, num_classes, seed=seed)
     oracle = EngineOracle(engine, len(dataset), budget=budget, quantize=quantize_inputs, batch_size=batch_size)
     logger.info("%s on %s: %d images, budget %s", spec.display, engine.name, len(dataset), budget)
-    outcome = attack(oracle, dataset.images, dataset.labels, target=target, progress=progress)
+    images = np.asarray(dataset.images)  # black-box attacks take their (--limit) set at once: decode it
+    outcome = attack(oracle, images, dataset.labels, target=target, progress=progress)
     artifact = to_artifact(
         outcome,
         indices=dataset.indices,

@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeattack.attacks.whitebox.common import _AttackBase
+from edgeattack.attacks.whitebox.common import _AttackBase, row_seed
 from edgeattack.attacks.whitebox.model import AttackModel, ModelLike, Tensor, attack_mode, torch
 from edgeattack.attacks.whitebox.norms import project, quantize_within
 from edgeattack.attacks.whitebox.outputs import AttackOutput, RunResult, UniversalOutput
 from edgeattack.attacks.whitebox.validation import _to_numpy
+from edgeattack.devices import Precision
 from edgeattack.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ Progress = Callable[[int, int], None]
 class WhiteBoxAttack(_AttackBase):
     """Base class of per-image white-box attacks. Subclasses implement `run` only.
 
-    Common keyword-only hyper-parameters: `seed` (random starts; results are deterministic for a
-    seed and batch size), `batch_size` (images per forward/backward), `quantize` (round the
+    Common keyword-only hyper-parameters: `seed` (random starts, drawn per image from the seed and
+    the image's dataset index, so results do not depend on the batching), `batch_size` (images per forward/backward), `quantize` (round the
     adversarial images to the 1/255 grid, as a uint8 camera pipeline would; L-inf stays in the ball).
     """
 
@@ -78,38 +79,32 @@ class WhiteBoxAttack(_AttackBase):
         adv_all = np.empty_like(prep.x)
         clean_pred = np.empty(n, dtype=np.int64)
         adv_pred = np.empty(n, dtype=np.int64)
+        row_ids = prep.dataset.indices if prep.dataset is not None else np.arange(n, dtype=np.int64)
         self._generator = torch.Generator().manual_seed(self.seed)
         with attack_mode(prep.models):
-            model = AttackModel(prep.models, prep.bounds, prep.device)
+            model = AttackModel(prep.models, prep.bounds, prep.device, Precision(self.precision))
             for begin in range(0, n, self.batch_size):
                 end = min(begin + self.batch_size, n)
                 x = torch.from_numpy(prep.x[begin:end]).to(prep.device)
                 y = torch.from_numpy(prep.y[begin:end]).to(prep.device)
                 t = None if prep.target is None else torch.from_numpy(prep.target[begin:end]).to(prep.device)
-                with torch.no_grad():
-                    clean_logits = model(x)
-                if begin == 0:
-                    self._check_classes(clean_logits, prep.y, prep.target)
+                if begin == 0:  # labels and target against the number of classes, on one image
+                    with torch.no_grad():
+                        self._check_classes(model(x[:1]), prep.y, prep.target)
+                self._row_ids = row_ids[begin:end]
                 result = self.run(model, x, y, target=t)
                 if not isinstance(result, RunResult):
                     result = RunResult(adversarial=result)
+                clean_logits = result.clean_logits
+                if clean_logits is None:
+                    with torch.no_grad():
+                        clean_logits = model(x)
                 raw = result.adversarial.detach()
                 adv = self._finish_images(raw, x, model)
-                known = (
-                    result.evaluated.clone()
-                    if result.evaluated is not None and result.logits is not None
-                    else torch.zeros(end - begin, dtype=torch.bool, device=x.device)
-                )
-                known &= ~(adv != raw).flatten(1).any(1)
-                logits = torch.empty_like(clean_logits)
-                if bool(known.any()):
-                    logits[known] = result.logits[known].to(logits.dtype)
-                if not bool(known.all()):
-                    with torch.no_grad():
-                        logits[~known] = model(adv[~known])
+                adv_logits = self._adversarial_logits(model, result, raw, adv)
                 adv_all[begin:end] = adv.cpu().numpy()
                 clean_pred[begin:end] = clean_logits.argmax(1).cpu().numpy()
-                adv_pred[begin:end] = logits.argmax(1).cpu().numpy()
+                adv_pred[begin:end] = adv_logits.argmax(1).cpu().numpy()
                 if progress is not None:
                     progress(end, n)
         # an image wrong before the attack (or already of the target class) is no success of the attack
@@ -144,6 +139,32 @@ class WhiteBoxAttack(_AttackBase):
         )
         return output
 
+    @staticmethod
+    def _adversarial_logits(model: AttackModel, result: RunResult, raw: Tensor, adv: Tensor) -> Tensor:
+        """Logits of the finished images: those `run` evaluated and finishing left unchanged are reused."""
+        n = adv.shape[0]
+        if result.evaluated is None or result.logits is None:
+            with torch.no_grad():
+                return model(adv)
+        known = result.evaluated & ~(adv != raw).flatten(1).any(1)
+        if bool(known.all()):
+            return result.logits
+        logits = torch.empty((n, result.logits.shape[1]), dtype=torch.float32, device=adv.device)
+        if bool(known.any()):
+            logits[known] = result.logits[known].float()
+        with torch.no_grad():
+            logits[~known] = model(adv[~known])
+        return logits
+
+    def per_row(self, draw: Callable[[Any], Tensor]) -> Tensor:
+        """Random draws for the current batch, one per image: `draw(generator)` on a CPU generator
+        seeded from (`seed`, the image's dataset index), stacked. A result therefore does not
+        depend on how the images are batched, chunked or sharded."""
+        ids = getattr(self, "_row_ids", None)
+        if ids is None:
+            raise RuntimeError("per_row is only available inside run()")
+        return torch.stack([draw(torch.Generator().manual_seed(row_seed(self.seed, int(i)))) for i in ids])
+
     def is_success(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
         """The success criterion on logits: misclassified (untargeted) or the target reached."""
         pred = logits.argmax(1)
@@ -151,7 +172,10 @@ class WhiteBoxAttack(_AttackBase):
 
     @property
     def generator(self) -> Any:
-        """The CPU `torch.Generator` of the current call (seeded with `seed`)."""
+        """The CPU `torch.Generator` of the current call (seeded with `seed`), consumed across batches.
+
+        Per-image random starts use `per_row` instead, so they do not depend on the batching.
+        """
         return self._generator
 
     @abc.abstractmethod
@@ -161,7 +185,6 @@ class WhiteBoxAttack(_AttackBase):
         `target` is None (untargeted) or the target class per image. The base class clips to the
         bounds and the eps-ball afterwards, so a run need not be exact about either.
         """
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,7 +228,7 @@ class UniversalAttack(_AttackBase):
         x_all = torch.from_numpy(prep.x)
         y_all = torch.from_numpy(prep.y)
         with attack_mode(prep.models):
-            model = AttackModel(prep.models, prep.bounds, prep.device)
+            model = AttackModel(prep.models, prep.bounds, prep.device, Precision(self.precision))
             clean_logits = model.predict(x_all, self.batch_size)
             self._check_classes(clean_logits, prep.y, prep.target)
             num_classes = int(clean_logits.shape[1])

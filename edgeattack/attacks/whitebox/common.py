@@ -1,7 +1,9 @@
 """`_AttackBase`: what per-image and universal attacks share.
 
-Keyword-only hyper-parameters (validated, recorded as `params`), the guard that keeps `__call__`
-final, and the input handling around an attack: converting and checking images, labels, target and
+Keyword-only hyper-parameters (validated, recorded as `params`; `seed`, `batch_size`, `quantize`
+and `precision` are common to all: `precision` is the autocast policy of the forward passes,
+fp32/bf16/fp16, while perturbations, losses and input gradients stay float32), the guard that
+keeps `__call__` final, and the input handling around an attack: converting and checking images, labels, target and
 bounds (`_prepare` -> `_Prepared`), checking classes against the logits, and finishing adversarial
 images (clip, eps-ball, 1/255 grid).
 """
@@ -28,6 +30,7 @@ from edgeattack.attacks.whitebox.model import (
 from edgeattack.attacks.whitebox.norms import per_image_norm, project, quantize_within
 from edgeattack.attacks.whitebox.validation import _jsonable, _positive_int, _to_numpy
 from edgeattack.data.base import ImageDataset, check_images
+from edgeattack.devices import Precision
 from edgeattack.errors import ConfigError, DataError, did_you_mean
 
 
@@ -47,7 +50,15 @@ class _AttackBase(abc.ABC):  # noqa: B024 - abstract through its subclasses run/
                 if base.__dict__.get(method) is not None and method in cls.__dict__:
                     raise TypeError(f"{cls.__name__} must not override the final {base.__name__}.{method}; implement run()")
 
-    def __init__(self, *, seed: int = 0, batch_size: int = 256, quantize: bool = False, **unknown: Any) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        batch_size: int = 256,
+        quantize: bool = False,
+        precision: str = "fp32",
+        **unknown: Any,
+    ) -> None:
         if unknown:
             valid = self.parameter_names()
             first = min(unknown)
@@ -58,6 +69,7 @@ class _AttackBase(abc.ABC):  # noqa: B024 - abstract through its subclasses run/
         self.seed = int(seed)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.quantize = bool(quantize)
+        self.precision = Precision(str(precision)).name
 
     @classmethod
     def parameter_names(cls) -> tuple[str, ...]:
@@ -162,6 +174,12 @@ class _AttackBase(abc.ABC):  # noqa: B024 - abstract through its subclasses run/
         if self.quantize:
             adv = quantize_within(adv, clean, norm, eps, model.bounds)
         return adv
+
+
+def row_seed(seed: int, index: int) -> int:
+    """The seed of image `index`'s random draws under attack seed `seed` (independent streams)."""
+    state = np.random.SeedSequence([int(seed) % 2**63, int(index) % 2**63]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
 
 
 @dataclass

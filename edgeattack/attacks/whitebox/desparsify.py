@@ -144,7 +144,8 @@ class DeSparsify(_DeSparsifyMixin, WhiteBoxAttack):
         members = model.models
         clean_tur, clean_pred, _ = token_utilization(members, x, self.batch_size)
         if self.random_start:
-            noise = (torch.rand(x.shape, generator=self.generator) * 2 - 1).to(x.device, x.dtype)
+            shape = tuple(x.shape[1:])
+            noise = (self.per_row(lambda g: torch.rand(shape, generator=g)) * 2 - 1).to(x.device, x.dtype)
             adv = model.clip(x + noise * self.eps)
         else:
             adv = x.clone()

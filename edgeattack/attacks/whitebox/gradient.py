@@ -47,11 +47,14 @@ def attack_loss(logits: Tensor, y: Tensor, target: Tensor | None, loss: str = "c
 def loss_gradient(
     model: AttackModel, x: Tensor, y: Tensor, target: Tensor | None, loss: str = "ce"
 ) -> tuple[Tensor, Tensor]:
-    """Gradient of `attack_loss` with respect to the input only, and the (detached) logits at `x`."""
+    """Gradient of `attack_loss` with respect to the input only, and the (detached) logits at `x`.
+
+    The loss is computed on float32 logits (`AttackModel` returns them so under autocast too).
+    """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
-        value = attack_loss(logits, y, target, loss)
+        value = attack_loss(logits.float(), y, target, loss)
         (grad,) = torch.autograd.grad(value, x)
     return grad, logits.detach()
 
@@ -76,9 +79,9 @@ class FGSM(WhiteBoxAttack):
         self.loss = choice("loss", loss, LOSSES)
         super().__init__(**common)
 
-    def run(self, model: AttackModel, x: Tensor, y: Tensor, *, target: Tensor | None) -> Tensor:
-        grad, _ = loss_gradient(model, x, y, target, self.loss)
-        return model.clip(x + self.eps * grad.sign())
+    def run(self, model: AttackModel, x: Tensor, y: Tensor, *, target: Tensor | None) -> RunResult:
+        grad, logits = loss_gradient(model, x, y, target, self.loss)
+        return RunResult(adversarial=model.clip(x + self.eps * grad.sign()), clean_logits=logits)
 
 
 class _IterativeAttack(WhiteBoxAttack):
@@ -92,15 +95,21 @@ class _IterativeAttack(WhiteBoxAttack):
 
     def run(self, model: AttackModel, x: Tensor, y: Tensor, *, target: Tensor | None) -> RunResult:
         n = x.shape[0]
-        adv = self._start(x, model) if self.random_start else x.clone()
+        adv = self._start(x, model) if self.random_start else x
+        clean_logits: Tensor | None = None
         state: Tensor | None = self._init_state(x)
-        final = x.clone()
+        # the eps-ball intersected with the bounds, once: a step then needs one clamp
+        low = (x - self.eps).clamp_(min=model.bounds[0]) if self.norm == "linf" else x
+        high = (x + self.eps).clamp_(max=model.bounds[1]) if self.norm == "linf" else x
+        final = x.clone() if self.early_stop else x
         final_logits: Tensor | None = None
         evaluated = torch.zeros(n, dtype=torch.bool, device=x.device)
         rows = torch.arange(n, device=x.device)
         x0, ya, ta = x, y, target
-        for _ in range(self.steps):
+        for index in range(self.steps):
             grad, logits = loss_gradient(model, adv, ya, ta, self.loss)
+            if index == 0 and not self.random_start:
+                clean_logits = logits  # the first gradient is taken at the clean images
             if self.early_stop:
                 done = self.is_success(logits, ya, ta)
                 if bool(done.any()):
@@ -112,26 +121,32 @@ class _IterativeAttack(WhiteBoxAttack):
                     evaluated[hit] = True
                     keep = ~done
                     rows, adv, grad, x0, ya = rows[keep], adv[keep], grad[keep], x0[keep], ya[keep]
+                    low, high = low[keep], high[keep]
                     ta = None if ta is None else ta[keep]
                     state = None if state is None else state[keep]
                     if rows.numel() == 0:
                         break
-            adv, state = self._step(adv, x0, grad, state, model)
+            adv, state = self._step(adv, x0, grad, state, model, low, high)
+        if not self.early_stop:
+            return RunResult(adversarial=adv, clean_logits=clean_logits)
         if rows.numel():
             final[rows] = adv
-        return RunResult(adversarial=final, logits=final_logits, evaluated=evaluated)
+        return RunResult(adversarial=final, logits=final_logits, evaluated=evaluated, clean_logits=clean_logits)
 
     # hooks --------------------------------------------------------------------------------------
     def _start(self, x: Tensor, model: AttackModel) -> Tensor:
-        noise = (torch.rand(x.shape, generator=self.generator) * 2 - 1).to(x.device, x.dtype)
-        return model.clip(x + noise * self.eps)
+        shape = tuple(x.shape[1:])
+        noise = self.per_row(lambda g: torch.rand(shape, generator=g)).to(x.device, x.dtype)
+        return model.clip(x + (noise * 2 - 1) * self.eps)
 
     def _init_state(self, x: Tensor) -> Tensor | None:
         return None
 
     def _step(
-        self, adv: Tensor, x0: Tensor, grad: Tensor, state: Tensor | None, model: AttackModel
+        self, adv: Tensor, x0: Tensor, grad: Tensor, state: Tensor | None, model: AttackModel, low: Tensor, high: Tensor
     ) -> tuple[Tensor, Tensor | None]:
+        """One step from `adv` (a new tensor; `adv` itself is left alone). `low`/`high`: the L-inf
+        ball around `x0` intersected with the bounds (unused by L2)."""
         raise NotImplementedError
 
 
@@ -175,11 +190,10 @@ class LinfPGD(_IterativeAttack):
         super().__init__(**common)
 
     def _step(
-        self, adv: Tensor, x0: Tensor, grad: Tensor, state: Tensor | None, model: AttackModel
+        self, adv: Tensor, x0: Tensor, grad: Tensor, state: Tensor | None, model: AttackModel, low: Tensor, high: Tensor
     ) -> tuple[Tensor, Tensor | None]:
-        adv = adv + self.step_size * grad.sign()
-        adv = torch.min(torch.max(adv, x0 - self.eps), x0 + self.eps)
-        return model.clip(adv), None
+        step = grad.sign_().mul_(self.step_size)
+        return torch.clamp(step.add_(adv), min=low, max=high), None
 
 
 class L2PGD(_IterativeAttack):
@@ -212,14 +226,17 @@ class L2PGD(_IterativeAttack):
         super().__init__(**common)
 
     def _start(self, x: Tensor, model: AttackModel) -> Tensor:
-        n, dims = x.shape[0], math.prod(x.shape[1:])
-        direction = torch.randn(x.shape, generator=self.generator)
-        direction = direction / _view(per_image_norm(direction, "l2").clamp_min(1e-12), direction)
-        radius = self.eps * torch.rand(n, generator=self.generator) ** (1.0 / dims)
-        return model.clip(x + (direction * _view(radius, direction)).to(x.device, x.dtype))
+        shape, dims = tuple(x.shape[1:]), math.prod(x.shape[1:])
+
+        def draw(generator: Any) -> Tensor:
+            direction = torch.randn(shape, generator=generator)
+            radius = self.eps * float(torch.rand((), generator=generator)) ** (1.0 / dims)
+            return direction * (radius / float(direction.norm(p=2).clamp_min(1e-12)))
+
+        return model.clip(x + self.per_row(draw).to(x.device, x.dtype))
 
     def _step(
-        self, adv: Tensor, x0: Tensor, grad: Tensor, state: Tensor | None, model: AttackModel
+        self, adv: Tensor, x0: Tensor, grad: Tensor, state: Tensor | None, model: AttackModel, low: Tensor, high: Tensor
     ) -> tuple[Tensor, Tensor | None]:
         unit = grad / _view(per_image_norm(grad, "l2").clamp_min(1e-12), grad)
         adv = adv + self.step_size * unit
@@ -264,14 +281,13 @@ class MIFGSM(_IterativeAttack):
         return torch.zeros_like(x)
 
     def _step(
-        self, adv: Tensor, x0: Tensor, grad: Tensor, state: Tensor | None, model: AttackModel
+        self, adv: Tensor, x0: Tensor, grad: Tensor, state: Tensor | None, model: AttackModel, low: Tensor, high: Tensor
     ) -> tuple[Tensor, Tensor | None]:
         assert state is not None
         scale = grad.abs().flatten(1).mean(1).clamp_min(1e-12)
         momentum = self.decay * state + grad / _view(scale, grad)
-        adv = adv + self.step_size * momentum.sign()
-        adv = torch.min(torch.max(adv, x0 - self.eps), x0 + self.eps)
-        return model.clip(adv), momentum
+        step = momentum.sign().mul_(self.step_size)
+        return torch.clamp(step.add_(adv), min=low, max=high), momentum
 
 
 PGD = LinfPGD

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from edgeattack._lazy import require
+from edgeattack.devices import Precision
 from edgeattack.errors import ConfigError
 
 torch = require("torch", feature="white-box attacks")
@@ -33,16 +34,33 @@ def _logits_of(output: Any) -> Tensor:
 class AttackModel:
     """The source model(s) as one classifier: `model(x)` -> logits averaged over the ensemble.
 
-    `bounds` are the input bounds, `device` where the images must be. `predict` runs without
-    gradients in batches.
+    `bounds` are the input bounds, `device` where the images must be, `precision` the autocast
+    policy of the forward passes (the logits come back float32, so losses and input gradients are
+    float32 whatever the policy). `predict` runs without gradients in batches.
     """
 
-    def __init__(self, models: Sequence[ModelLike], bounds: tuple[float, float], device: Any) -> None:
+    def __init__(
+        self,
+        models: Sequence[ModelLike],
+        bounds: tuple[float, float],
+        device: Any,
+        precision: Precision | None = None,
+    ) -> None:
         self.models = list(models)
         self.bounds = (float(bounds[0]), float(bounds[1]))
         self.device = device
+        self.precision = precision or Precision()
+        self.precision.check_device(str(device))
 
     def __call__(self, x: Tensor) -> Tensor:
+        """Float32 logits of `x`; the forward passes run under the precision's autocast."""
+        if not self.precision.enabled:
+            return self._mean_logits(x)
+        with self.precision.autocast(str(self.device)):
+            logits = self._mean_logits(x)
+        return logits.float()
+
+    def _mean_logits(self, x: Tensor) -> Tensor:
         total = _logits_of(self.models[0](x))
         for model in self.models[1:]:
             total = total + _logits_of(model(x))

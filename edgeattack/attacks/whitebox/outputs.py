@@ -22,12 +22,14 @@ class RunResult:
 
     `logits[i]` are the (ensemble) logits of `adversarial[i]` for rows where `evaluated[i]` holds,
     so the base class need not run those images again (unless clipping, projection or rounding
-    changed them).
+    changed them). `clean_logits`, when the attack computed them anyway (a first gradient step at
+    the clean images), spare the base class its clean forward pass.
     """
 
     adversarial: Tensor
     logits: Tensor | None = None
     evaluated: Tensor | None = None
+    clean_logits: Tensor | None = None
 
 
 

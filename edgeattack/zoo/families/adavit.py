@@ -25,6 +25,6 @@ register_model(
 register_model(
     "adavit_deit_small_patch16_224",
     _TARGET,
-    ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.875, interpolation="bicubic", family="adavit"),
+    ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.9, interpolation="bicubic", family="adavit"),
     description="AdaViT on DeiT-S (random decision networks; --checkpoint for trained ones)",
 )

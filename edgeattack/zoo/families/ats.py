@@ -30,7 +30,7 @@ register_model(
 register_model(
     "ats_deit_tiny_patch16_224",
     _TARGET,
-    ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.875, interpolation="bicubic", family="ats"),
+    ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.9, interpolation="bicubic", family="ats"),
     description=(
         "ATS on DeiT-Ti, adaptive token sampling in blocks 3..11, parameter-free "
         "(random weights; timm's DeiT-Ti when pretrained online, or --checkpoint)"
@@ -39,7 +39,7 @@ register_model(
 register_model(
     "ats_deit_small_patch16_224",
     _TARGET,
-    ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.875, interpolation="bicubic", family="ats"),
+    ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.9, interpolation="bicubic", family="ats"),
     description=(
         "ATS on DeiT-S, adaptive token sampling in blocks 3..11, parameter-free "
         "(random weights; timm's DeiT-S when pretrained online, or --checkpoint)"
