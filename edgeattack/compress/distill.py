@@ -174,16 +174,8 @@ def fit_student(
         if on_epoch is not None:
             on_epoch(epoch, means["loss"], acc)
 
-    loop = LoopConfig(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        max_shift=config.max_shift,
-        warmup_epochs=config.warmup_epochs,
-        clamp_warmup=True,
-        grad_clip=grad_clip if grad_clip else float("inf"),
-        check_finite=True,
-        max_steps=max_steps,
+    loop = LoopConfig.of(
+        config, clamp_warmup=True, grad_clip=grad_clip or float("inf"), check_finite=True, max_steps=max_steps
     )
     try:
         result = run_training(

@@ -240,15 +240,7 @@ def train_dynamicvit(
         if on_epoch is not None:
             on_epoch(epoch, losses, acc)
 
-    loop = LoopConfig(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        max_shift=config.max_shift,
-        warmup_epochs=config.warmup_epochs,
-        grad_clip=config.max_grad_norm if config.max_grad_norm is not None else float("inf"),
-        check_finite=True,
-    )
+    loop = LoopConfig.of(config, check_finite=True)
     try:
         result = run_training(
             student,

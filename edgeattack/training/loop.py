@@ -60,6 +60,21 @@ class LoopConfig:
     max_steps: int | None = None
     find_unused_parameters: bool = False
 
+    @classmethod
+    def of(cls, config: Any, **settings: Any) -> LoopConfig:
+        """The loop of a trainer's config (its epochs, batch_size, seed, max_shift, warmup_epochs),
+        with `settings` for the rest; a config's `max_grad_norm` (None: no clipping) becomes `grad_clip`."""
+        if hasattr(config, "max_grad_norm") and "grad_clip" not in settings:
+            settings["grad_clip"] = float("inf") if config.max_grad_norm is None else config.max_grad_norm
+        return cls(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            max_shift=config.max_shift,
+            warmup_epochs=config.warmup_epochs,
+            **settings,
+        )
+
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0:
             raise ConfigError("epochs and batch_size must be positive")

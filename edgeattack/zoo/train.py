@@ -102,13 +102,7 @@ def train_model(
         train,
         step,
         lambda: torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
-        LoopConfig(
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            max_shift=config.max_shift,
-            warmup_epochs=config.warmup_epochs,
-        ),
+        LoopConfig.of(config),
         validate=None if val is None else (lambda net: {"acc": evaluate_accuracy(net, val)}),
         on_epoch=progress,
     )
