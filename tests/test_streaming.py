@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +187,27 @@ def test_peak_rss_does_not_grow_with_the_split(tmp_path: Path):
     assert (few["n"], few["replayed"], many["n"], many["replayed"]) == (120, 120, 1200, 1200)
     # eager decoding would hold 1200 x 48 KiB = 56 MiB more for the large split
     assert many["peak_mib"] <= 1.2 * few["peak_mib"] + 6, (few, many)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_decodes_with_its_own_pool(folder: Path):
+    """The decode pool's threads do not survive fork(): a child must not wait on them forever."""
+    dataset = load_dataset(str(folder), split="all", preprocess=SMALL)
+    expected = np.asarray(dataset.images[:4])  # starts the parent's pool
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: decode a batch, report, exit without running pytest's teardown
+        try:
+            ok = np.array_equal(np.asarray(dataset.images[:4]), expected)
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung decoding images")
+    assert os.read(read, 1) == b"1" and done[1] == 0

@@ -53,6 +53,16 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+def _forget_pool_after_fork() -> None:
+    """A forked child inherits the pool object but not its threads: it must start its own."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def _decode(path: str, preprocess: PreprocessConfig) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
