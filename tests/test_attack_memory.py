@@ -1,10 +1,10 @@
 """Crafting and replaying per-image perturbations stream: peak memory does not grow with the split.
 
-A child process crafts FGSM with `edgeattack attack` over a folder of 600 and of 3,000 digit-sized
+A child process crafts FGSM with `edgeattack attack` over a folder of 600 and of 6,000 digit-sized
 images (the shipped vit_tiny_digits, 32x32), then replays the per-image artifact with `evaluate`;
 each reports its own peak RSS. Holding the split would cost about 48 KiB per image (images,
-adversarials, deltas: 130 MiB more for the large folder); streaming keeps the difference to
-a few batches.
+adversarials, deltas: over 250 MiB more for the large folder); streaming keeps the difference
+to a few batches plus allocator noise (up to 35 MiB seen).
 """
 
 from __future__ import annotations
@@ -62,12 +62,12 @@ def test_crafting_and_replay_memory_does_not_grow_with_the_split(tmp_path: Path)
     from edgeattack.artifacts import PerturbationArtifact
 
     peaks = {}
-    for name, count in (("few", 600), ("many", 3000)):
+    for name, count in (("few", 600), ("many", 6000)):
         root = _folder(tmp_path / name, count)
         out = tmp_path / f"{name}.npz"
         peaks[name] = (_peak(root, out, "attack"), _peak(root, out, "replay"))
         artifact = PerturbationArtifact.load(out)
         assert artifact.delta.shape[0] == count and artifact.meta.kind == "per_image"
     (craft_few, replay_few), (craft_many, replay_many) = peaks["few"], peaks["many"]
-    assert craft_many - craft_few <= 25, peaks  # both folders fill whole chunks (4 batches of 128)
-    assert replay_many - replay_few <= 25, peaks
+    assert craft_many - craft_few <= 60, peaks  # both folders fill whole chunks (4 batches of 128)
+    assert replay_many - replay_few <= 60, peaks
