@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from edgeattack.errors import ConfigError
 from edgeattack.experiments.config import TOKEN_SPARSE_FAMILIES, EngineSpec, ExperimentConfig, WhiteboxSpec
+from edgeattack.experiments.fingerprint import by_content
 
 CELL_SCHEMA = 1
 """Bumped when what a cell computes from the same parameters changes (every cell then re-runs)."""
@@ -108,7 +106,7 @@ class Plan:
         """
         params = {k: v for k, v in cell.params.items() if k != "missing_artifacts"}
         digest = hashlib.sha256()
-        doc = {"schema": CELL_SCHEMA, "kind": cell.kind, "params": _by_content(params)}
+        doc = {"schema": CELL_SCHEMA, "kind": cell.kind, "params": by_content(params)}
         digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
         for dep in cell.deps:
             digest.update(self.hashes[dep].encode())
@@ -201,65 +199,6 @@ def _model_names(params: dict[str, Any]) -> list[str]:
     model = params.get("model")
     specs = params.get("models") or ([model] if isinstance(model, dict) else [])
     return [s["name"] for s in specs if isinstance(s, dict)]
-
-
-def _by_content(params: dict[str, Any]) -> dict[str, Any]:
-    """`params` with each checkpoint path replaced by the file's sha256 and the image folder by its listing."""
-    out = dict(params)
-    for key in ("model", "models"):
-        value = out.get(key)
-        if isinstance(value, dict):
-            out[key] = _spec_by_content(value)
-        elif isinstance(value, list):
-            out[key] = [_spec_by_content(v) if isinstance(v, dict) else v for v in value]
-    data = out.get("data")
-    if isinstance(data, dict) and data.get("dataset", "digits") != "digits":
-        out["data"] = dict(data, dataset=f"folder:{_folder_fingerprint(data['dataset'])}")
-    return out
-
-
-def _spec_by_content(spec: dict[str, Any]) -> dict[str, Any]:
-    if not spec.get("checkpoint"):
-        return spec
-    return dict(spec, checkpoint=f"sha256:{sha256_file(spec['checkpoint'])}")
-
-
-def sha256_file(path: str) -> str:
-    """The file's sha256, computed once per (path, size, mtime); "missing:PATH" for a file that is not there."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return f"missing:{path}"
-    return _sha256_cached(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
-
-
-@cache
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _folder_fingerprint(path: str) -> str:
-    """Files, sizes and modification times under an image folder (hashing every image would be slow)."""
-    root = Path(path)
-    if not root.is_dir():
-        return f"missing:{path}"
-    return _folder_cached(str(root.resolve()), root.stat().st_mtime_ns)
-
-
-@cache
-def _folder_cached(path: str, _mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    root = Path(path)
-    for directory, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
-        for name in sorted(files):
-            stat = os.stat(os.path.join(directory, name))
-            digest.update(f"{os.path.relpath(os.path.join(directory, name), root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
 
 
 def eps_label(eps: float) -> str:
