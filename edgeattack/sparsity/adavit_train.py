@@ -31,9 +31,9 @@ from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
 from edgeattack.errors import ConfigError, DataError
 from edgeattack.sparsity.adavit import AdaViT, AdaViTOutput
-from edgeattack.sparsity.dynamicvit_train import fill_report, loss_terms, stop_diverged
-from edgeattack.training.loop import LoopConfig, StepDiverged, run_training
-from edgeattack.zoo.factory import ZooModel, state_dict_sha256
+from edgeattack.sparsity.dynamicvit_train import train_and_report
+from edgeattack.training.loop import LoopConfig
+from edgeattack.zoo.factory import ZooModel
 from edgeattack.zoo.train import evaluate_accuracy
 
 logger = logging.getLogger(__name__)
@@ -236,27 +236,23 @@ def train_adavit(
         if on_epoch is not None:
             on_epoch(epoch, losses, acc)
 
-    loop = LoopConfig.of(config, check_finite=True)
     try:
-        result = run_training(
+        return train_and_report(
             student,
             train,
             step,
             lambda: torch.optim.AdamW(groups, weight_decay=config.weight_decay),
-            loop,
+            LoopConfig.of(config, check_finite=True),
+            report=report,
+            record=record,
+            names=LOSS_TERMS,
             frozen=(teacher,),
             validate=None if val is None else validate,
             before_epoch=before_epoch,
             on_epoch=progress,
         )
-    except StepDiverged as stop:
-        fill_report(report, stop.result, record)
-        stop_diverged(student, report, f"{student.model_name}: {stop}", loss_terms(stop, LOSS_TERMS))
     finally:
         net.noise = 1.0
-    fill_report(report, result, record)
-    student.weights_sha256 = state_dict_sha256(student)
-    return student.eval(), report
 
 
 def adavit_name(teacher: ZooModel) -> str:

@@ -29,9 +29,9 @@ from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
 from edgeattack.errors import ConfigError, DataError
 from edgeattack.sparsity.avit import AViT, AViTOutput, gate_center_for
-from edgeattack.sparsity.dynamicvit_train import check_teacher, fill_report, loss_terms, stop_diverged
-from edgeattack.training.loop import LoopConfig, StepDiverged, run_training
-from edgeattack.zoo.factory import ZooModel, state_dict_sha256
+from edgeattack.sparsity.dynamicvit_train import check_teacher, train_and_report
+from edgeattack.training.loop import LoopConfig
+from edgeattack.zoo.factory import ZooModel
 from edgeattack.zoo.train import evaluate_accuracy
 
 logger = logging.getLogger(__name__)
@@ -232,25 +232,20 @@ def train_avit(
         if on_epoch is not None:
             on_epoch(epoch, losses, acc)
 
-    loop = LoopConfig.of(config, check_finite=True)
     params = [p for p in student.parameters() if p.requires_grad]
-    try:
-        result = run_training(
-            student,
-            train,
-            step,
-            lambda: torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay),
-            loop,
-            frozen=(teacher,),
-            validate=None if val is None else validate,
-            on_epoch=progress,
-        )
-    except StepDiverged as stop:
-        fill_report(report, stop.result, record)
-        stop_diverged(student, report, f"{student.model_name}: {stop}", loss_terms(stop, LOSS_TERMS))
-    fill_report(report, result, record)
-    student.weights_sha256 = state_dict_sha256(student)
-    return student.eval(), report
+    return train_and_report(
+        student,
+        train,
+        step,
+        lambda: torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay),
+        LoopConfig.of(config, check_finite=True),
+        report=report,
+        record=record,
+        names=LOSS_TERMS,
+        frozen=(teacher,),
+        validate=None if val is None else validate,
+        on_epoch=progress,
+    )
 
 
 COMPRESS_PARAMS = frozenset(

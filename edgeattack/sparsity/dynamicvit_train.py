@@ -240,21 +240,45 @@ def train_dynamicvit(
         if on_epoch is not None:
             on_epoch(epoch, losses, acc)
 
-    loop = LoopConfig.of(config, check_finite=True)
+    return train_and_report(
+        student,
+        train,
+        step,
+        lambda: torch.optim.AdamW(groups, weight_decay=config.weight_decay),
+        LoopConfig.of(config, check_finite=True),
+        report=report,
+        record=record,
+        names=LOSS_TERMS,
+        frozen=(teacher,),
+        validate=None if val is None else (lambda model: {"acc": evaluate_accuracy(model, val)}),
+        on_epoch=progress,
+    )
+
+
+def train_and_report(
+    student: ZooModel,
+    train: ImageDataset,
+    step: Callable[..., Any],
+    optimizer: Callable[[], Any],
+    loop: LoopConfig,
+    *,
+    report: Any,
+    record: Callable[[dict[str, float], dict[str, float] | None], None],
+    names: tuple[str, ...],
+    **hooks: Any,
+) -> tuple[ZooModel, Any]:
+    """What the token-sparse trainers (DynamicViT, A-ViT, AdaViT) share around `run_training`.
+
+    Runs the loop (`hooks`: frozen, validate, before_epoch, on_epoch), copies its figures into
+    `report` through `record`, and returns the student in eval mode with its weights' sha256; a
+    diverged step fills the report so far and raises TrainingDivergedError naming the loss terms
+    in `names` (`stop_diverged`).
+    """
     try:
-        result = run_training(
-            student,
-            train,
-            step,
-            lambda: torch.optim.AdamW(groups, weight_decay=config.weight_decay),
-            loop,
-            frozen=(teacher,),
-            validate=None if val is None else (lambda model: {"acc": evaluate_accuracy(model, val)}),
-            on_epoch=progress,
-        )
+        result = run_training(student, train, step, optimizer, loop, **hooks)
     except StepDiverged as stop:
         fill_report(report, stop.result, record)
-        stop_diverged(student, report, f"{student.model_name}: {stop}", loss_terms(stop, LOSS_TERMS))
+        stop_diverged(student, report, f"{student.model_name}: {stop}", loss_terms(stop, names))
     fill_report(report, result, record)
     student.weights_sha256 = state_dict_sha256(student)
     return student.eval(), report
