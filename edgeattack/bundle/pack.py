@@ -123,7 +123,7 @@ def create_bundle(
     load and fit the dataset, engines take the dataset's input size, black-box specs parse.
     An existing `out` is refused unless `overwrite`.
     """
-    from edgeattack.artifacts import PerturbationArtifact
+    from edgeattack.artifacts import PerturbationArtifact, check_replay
     from edgeattack.attacks.blackbox.registry import parse_spec
     from edgeattack.attacks.blackbox.runner import DEFAULT_BUDGET
     from edgeattack.metrics.latency import DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS
@@ -201,24 +201,13 @@ def create_bundle(
         add_engine(source, build_on_board=True)
 
     artifact_entries = []
+    engine_names = ", ".join(Path(e).name for e in [*engines, *onnx_for_board]) or "(none)"
     for source in perturbations:
         path = Path(source)
         artifact = PerturbationArtifact.load(path)
-        artifact.check_budget(label=f"perturbation {path}")  # the board's replay would refuse it
+        # the checks the board's replay makes (input size, dataset and split, budget, coverage), here
+        check_replay(artifact, dataset, label=str(path), input_size=input_size, engine=engine_names)
         meta = artifact.meta
-        if tuple(meta.input_size) != input_size:
-            raise ArtifactError(
-                f"perturbation {path} is for inputs of size {tuple(meta.input_size)} but dataset {dataset.spec} "
-                f"holds images of size {input_size}"
-            )
-        if not artifact.fits_dataset(dataset.name, dataset.split):
-            raise ArtifactError(
-                f"perturbation {path} was crafted on {meta.dataset}:{meta.split} but the bundle carries {dataset.spec}"
-            )
-        if not artifact.covers(dataset.indices).any():
-            raise ArtifactError(
-                f"per-image perturbation {path} covers none of the {len(dataset)} images of {dataset.spec} in the bundle"
-            )
         member = _Member(_free_member(f"artifacts/{path.name}", taken), source=path)
         members.append(member)
         artifact_entries.append(
