@@ -141,3 +141,25 @@ def test_a_failing_launch_fails_clearly(tmp_path: Path):
     assert done.returncode != 0
     assert "multiple of the 2 ranks" in done.stdout + done.stderr
     assert not (tmp_path / "vit_tiny_digits.safetensors").exists()
+
+
+def test_torchrun_attack_ranks_craft_shards_that_merge_into_the_one_process_artifact(tmp_path: Path):
+    """`edgeattack attack` under torchrun: each rank crafts its shard; merge-artifacts gives the one-process artifact."""
+    import numpy as np
+
+    from edgeattack.artifacts import PerturbationArtifact
+
+    attack = ["attack", "-m", "pgd", "--model", "vit_tiny_digits", "--eps", "8/255", "--steps", "3",
+              "--param", "random_start=true", "--limit", "48", "--batch-size", "8", "--device", "cpu"]
+    for ranks, out in ((1, "single.npz"), (2, "ranked.npz")):
+        done = _run([*attack, "-o", str(tmp_path / out)], ranks)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    shards = sorted(tmp_path.glob("ranked.rank*-of-2.npz"))
+    assert [p.name for p in shards] == ["ranked.rank0-of-2.npz", "ranked.rank1-of-2.npz"]
+    assert {PerturbationArtifact.load(p).meta.params["shard"] for p in shards} == {"0/2", "1/2"}
+    merged = tmp_path / "merged.npz"
+    done = _run(["merge-artifacts", str(merged), *map(str, shards)], 1)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, joined = PerturbationArtifact.load(tmp_path / "single.npz"), PerturbationArtifact.load(merged)
+    np.testing.assert_array_equal(joined.indices, one.indices)
+    np.testing.assert_allclose(np.asarray(joined.delta), np.asarray(one.delta), atol=1e-6)
