@@ -15,6 +15,7 @@ from edgeattack.cli.options import (
     DataOpt,
     DeviceOpt,
     LimitOpt,
+    ModelArgOpt,
     PrecisionOpt,
     PretrainedOpt,
     RandomWeightsOpt,
@@ -22,6 +23,7 @@ from edgeattack.cli.options import (
     ShardOpt,
     SplitOpt,
     handle_errors,
+    parse_model_args,
     progress_bar,
 )
 from edgeattack.errors import ConfigError
@@ -86,6 +88,7 @@ def attack_command(
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_weights: RandomWeightsOpt = False,
+    model_arg: ModelArgOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     batch_size: Annotated[
@@ -160,7 +163,13 @@ def attack_command(
     universal = isinstance(probe, UniversalAttack)
     if the_shard is not None and universal:
         raise ConfigError(f"--shard applies to per-image attacks; {method} fits one perturbation on all images")
-    sources = _load_sources(model, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights)
+    sources = _load_sources(
+        model,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        random_weights=random_weights,
+        model_args=parse_model_args(model_arg),
+    )
     sources = [source.to(torch_device) for source in sources]
     config = sources[0].config
     if batch_size is None and "batch_size" not in params:
@@ -259,18 +268,15 @@ def _shard_and_out(text: str | None, out: Path) -> tuple[Any, Path]:
     return shard, rank_out_path(out, shard.index, shard.count)
 
 
-def _load_sources(specs: list[str], *, checkpoint: Path | None, pretrained: bool, random_weights: bool) -> list[Any]:
-    """`load_source_models` with the weight flags (passed only where its signature takes them)."""
-    import inspect
-
+def _load_sources(
+    specs: list[str], *, checkpoint: Path | None, pretrained: bool, random_weights: bool, model_args: dict[str, Any]
+) -> list[Any]:
+    """`load_source_models` with the weight flags and the --model-arg builder arguments."""
     from edgeattack.attacks.whitebox.sources import load_source_models
 
-    accepted = inspect.signature(load_source_models).parameters
-    flags = {"pretrained": pretrained, "random_weights": random_weights}
-    missing = [name for name, on in flags.items() if on and name not in accepted]
-    if missing:
-        raise ConfigError(f"--{missing[0].replace('_', '-')} is not supported by this version's source loader")
-    return load_source_models(specs, checkpoint=checkpoint, **{k: v for k, v in flags.items() if k in accepted})
+    return load_source_models(
+        specs, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights, model_args=model_args
+    )
 
 
 UNDEFINED_BECAUSE = {

@@ -18,6 +18,7 @@ from edgeattack.cli.options import (
     CheckpointOpt,
     DataOpt,
     LimitOpt,
+    ModelArgOpt,
     PretrainedOpt,
     ProviderOpt,
     QuantizeInputsOpt,
@@ -26,6 +27,7 @@ from edgeattack.cli.options import (
     SplitOpt,
     ThreadsOpt,
     handle_errors,
+    parse_model_args,
     progress_bar,
 )
 
@@ -78,6 +80,7 @@ def evaluate_command(
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_weights: RandomWeightsOpt = False,
+    model_arg: ModelArgOpt = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory (or .json path) for the result; never overwritten.")
     ] = Path("results"),
@@ -112,7 +115,12 @@ def evaluate_command(
     if budget < 1:
         raise ConfigError(f"the query budget must be at least 1 query per image, got {budget}")
     specs = [parse_spec(text) for text in blackbox or ()]
-    weights = {"checkpoint": checkpoint, "pretrained": pretrained or None, "random_weights": random_weights}
+    weights = {
+        "checkpoint": checkpoint,
+        "pretrained": pretrained or None,
+        "random_weights": random_weights,
+        "model_args": parse_model_args(model_arg),
+    }
     if len(engine) > 1 and specs:
         _transfer(engine, specs, data, split, seed, limit, provider, threads, budget, quantize_inputs,
                   save_adversarials, out, weights=weights)

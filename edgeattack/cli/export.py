@@ -19,7 +19,15 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeattack.cli.options import CheckpointOpt, PretrainedOpt, RandomWeightsOpt, SeedOpt, handle_errors
+from edgeattack.cli.options import (
+    CheckpointOpt,
+    ModelArgOpt,
+    PretrainedOpt,
+    RandomWeightsOpt,
+    SeedOpt,
+    handle_errors,
+    parse_model_args,
+)
 from edgeattack.errors import ConfigError
 
 
@@ -98,6 +106,7 @@ def export_command(
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_weights: RandomWeightsOpt = False,
+    model_arg: ModelArgOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Export MODEL to an ONNX engine with its metadata, then check parity against PyTorch on images of its size.
@@ -140,7 +149,11 @@ def export_command(
     from edgeattack.zoo.factory import create_model
 
     net = create_model(
-        model, checkpoint=checkpoint, pretrained=True if pretrained else None, random_weights=random_weights
+        model,
+        checkpoint=checkpoint,
+        pretrained=True if pretrained else None,
+        random_weights=random_weights,
+        **parse_model_args(model_arg),
     )
     typer.echo(f"{model}: weights {net.weights_source}")
     preprocess = preprocess_for(net.config)

@@ -80,6 +80,15 @@ RandomWeightsOpt = Annotated[
         help="For a timm name: use random weights on purpose (without this, --pretrained or --checkpoint is needed).",
     ),
 ]
+ModelArgOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-arg",
+        metavar="KEY=VALUE",
+        help="A builder argument of the model (repeatable), e.g. --model-arg gate_scale=10 (A-ViT's gate) or "
+        "--model-arg embed_dim=48; values are read as int, float, true/false, none or text.",
+    ),
+]
 ShardOpt = Annotated[
     str | None,
     typer.Option(
@@ -216,3 +225,33 @@ class _ProgressLines:
         """The stage's last line, unless it was just shown."""
         if self.done != self.shown:
             self._echo()
+
+
+def parse_model_args(items: list[str] | None) -> dict[str, Any]:
+    """`--model-arg KEY=VALUE` items as create_model keyword arguments (ConfigError on a malformed item)."""
+    from edgeattack.errors import ConfigError
+
+    result: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--model-arg takes KEY=VALUE with KEY a Python name, got {item!r}")
+        if key in result:
+            raise ConfigError(f"--model-arg {key} is given twice")
+        result[key] = _model_arg_value(text.strip())
+    return result
+
+
+def _model_arg_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -11,9 +11,11 @@ from edgeattack.cli.options import (
     BatchOpt,
     CheckpointOpt,
     DeviceOpt,
+    ModelArgOpt,
     PretrainedOpt,
     RandomWeightsOpt,
     handle_errors,
+    parse_model_args,
 )
 
 
@@ -37,6 +39,7 @@ def profile_command(
     device: DeviceOpt = "cpu",
     pretrained: PretrainedOpt = False,
     random_weights: RandomWeightsOpt = False,
+    model_arg: ModelArgOpt = None,
 ) -> None:
     """Parameters, model size (fp32 and dynamic int8, in MB = 10^6 B and MiB = 2^20 B), GFLOPs and throughput.
 
@@ -55,6 +58,7 @@ def profile_command(
         min_runs=runs,
         min_seconds=seconds,
         device=device,
+        model_args=parse_model_args(model_arg),
         **_weight_flags(pretrained=pretrained, random_weights=random_weights),
     )
     _print_profile(profile)

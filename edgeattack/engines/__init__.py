@@ -5,8 +5,9 @@ This package imports no torch: the torch back-end is imported only when a zoo na
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from edgeattack.engines.base import LOGITS, Engine
 from edgeattack.errors import EngineError
@@ -27,6 +28,7 @@ def open_engine(
     allow_other_gpu: bool = False,
     pretrained: bool | None = None,
     random_weights: bool = False,
+    model_args: Mapping[str, Any] | None = None,
 ) -> Engine:
     """An engine for `source`: an `.onnx` file (ONNX Runtime), a TensorRT plan, or a zoo model name (torch).
 
@@ -60,4 +62,6 @@ def open_engine(
     get_entry(text)  # unknown names fail here with suggestions, before torch is imported
     from edgeattack.engines.torch_engine import TorchEngine
 
-    return TorchEngine.from_name(text, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights)
+    return TorchEngine.from_name(
+        text, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights, model_args=model_args
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,14 @@ class TorchEngine(Engine):
         device: str = "cpu",
         pretrained: bool | None = None,
         random_weights: bool = False,
+        model_args: Mapping[str, Any] | None = None,
     ) -> TorchEngine:
-        """Zoo model `name` with the weights the options say (`create_model`'s rules)."""
+        """Zoo model `name` with the weights the options say (`create_model`'s rules) and builder `model_args`."""
         from edgeattack.zoo.factory import create_model
 
-        model = create_model(name, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights)
+        model = create_model(
+            name, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights, **dict(model_args or {})
+        )
         return cls(model, device=device, source=name)
 
     @property

@@ -100,7 +100,7 @@ class TokenSparseNet(Protocol):
 def token_arch_of(model: Any) -> Any:
     """The `edgeattack.metrics.tokens.TokenArch` of a token-sparse ZooModel or network (for GFLOPs)."""
     from edgeattack.metrics.tokens import TokenArch
-    from edgeattack.zoo.profile import arch_of
+    from edgeattack.zoo.arch import arch_of
 
     return TokenArch.from_vit_arch(arch_of(model))
 

@@ -19,7 +19,8 @@ from typing import Any
 from edgeattack._io import sha256_file
 from edgeattack._lazy import require
 from edgeattack.errors import ConfigError, EdgeAttackError
-from edgeattack.zoo.checkpoint import read_state_dict
+from edgeattack.zoo.checkpoint import DEFAULT_LAYOUTS, read_checkpoint
+from edgeattack.zoo.checkpoint import read_state_dict as read_state_dict
 from edgeattack.zoo.config import ModelConfig
 from edgeattack.zoo.manifest import shipped_weights
 from edgeattack.zoo.registry import get_entry
@@ -185,14 +186,25 @@ def _hub_state() -> tuple[bool, str]:
 
 
 def load_checkpoint(model: ZooModel, path: str | Path) -> ZooModel:
-    """Load a checkpoint into `model`: keys of the whole ZooModel ("net." prefixed) or of the bare net."""
-    state = read_state_dict(path)
+    """Load a checkpoint into `model`: keys of the whole ZooModel ("net." prefixed) or of the bare net.
+
+    A bare net's checkpoint may be in an official repository's layout: the net reads the wrapper
+    keys it names in `checkpoint_layouts` (default `DEFAULT_LAYOUTS`), and its
+    `adapt_checkpoint(CheckpointFile)`, when it has one, turns the official names and shapes into
+    its own (and may take options such as A-ViT's gate from the saved training args).
+    """
+    net = model.net
+    checkpoint = read_checkpoint(path, layouts=getattr(net, "checkpoint_layouts", DEFAULT_LAYOUTS))
+    state = checkpoint.state
     if any(key.startswith("net.") for key in state):
         target, state = model, dict(state)
         state.setdefault("mean", model.mean)
         state.setdefault("std", model.std)
     else:
-        target = model.net
+        target = net
+        adapt = getattr(net, "adapt_checkpoint", None)
+        if callable(adapt):
+            state = adapt(checkpoint)
     try:
         result = target.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that differ: another width, depth or number of classes
@@ -204,6 +216,8 @@ def load_checkpoint(model: ZooModel, path: str | Path) -> ZooModel:
         )
     model.weights_sha256 = sha256_file(path)
     model.weights_source = f"checkpoint:{Path(path).name}"
+    if checkpoint.layout:
+        logger.info("loaded %s from %s[%r]", model.model_name, path, checkpoint.layout)
     return model
 
 

@@ -11,7 +11,7 @@ with use both (see `ModelProfile`):
   installed); that warning is silenced here, around the one call that triggers it.
 
 GFLOPs come from `edgeattack.metrics.flops` (one multiply-add = one FLOP, matmuls and convs only)
-on the architecture read off the timm network by `arch_of`: the dense model, or a token-pruned one
+on the architecture read off the timm network by `edgeattack.zoo.arch.arch_of`: the dense model, or a token-pruned one
 from its static per-block token counts (`flops_of`).
 
 Throughput is images per second of wall time over timed calls of one `batch_size` batch, after
@@ -27,7 +27,7 @@ import io
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ import numpy as np
 
 from edgeattack._lazy import require
 from edgeattack.errors import ConfigError
-from edgeattack.metrics.flops import FlopsBreakdown, VitArch, bytes_to_mb, bytes_to_mib, vit_flops
+from edgeattack.metrics.flops import bytes_to_mb, bytes_to_mib
+from edgeattack.zoo.arch import network_of, arch_of, flops_of
 
 logger = logging.getLogger(__name__)
 
@@ -110,129 +111,10 @@ def _compact(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
-def _network(model: Any) -> Any:
-    return getattr(model, "net", model)
-
-
-def arch_of(model: Any) -> VitArch:
-    """The `VitArch` of a ZooModel or a timm `VisionTransformer` (plain ViT / DeiT blocks only).
-
-    Raises ConfigError for networks whose FLOPs the ViT count does not describe (a hybrid or
-    non-conv patch embedding, blocks of different widths, attention-pool heads).
-    """
-    net = _network(model)
-    name = type(net).__name__
-    try:
-        embed = net.patch_embed
-        proj = embed.proj
-        blocks = list(net.blocks)
-        embed_dim = int(net.embed_dim)
-        num_prefix = int(getattr(net, "num_prefix_tokens", 1))
-        num_classes = int(getattr(net, "num_classes", 0))
-    except (AttributeError, TypeError) as exc:
-        raise ConfigError(f"cannot read a ViT architecture from {name}: {exc}") from exc
-    if not isinstance(proj, nn.Conv2d) or not blocks:
-        raise ConfigError(f"{name} has no plain conv patch embedding and ViT blocks: no analytic FLOP count")
-    if getattr(net, "attn_pool", None) is not None:
-        raise ConfigError(f"{name} pools with attention: the ViT FLOP count does not cover its head")
-    patch_size = tuple(int(k) for k in proj.kernel_size)
-    if tuple(int(s) for s in proj.stride) != patch_size:
-        raise ConfigError(f"{name}'s patch embedding overlaps (kernel {patch_size}, stride {proj.stride})")
-    img_size = getattr(embed, "img_size", None)
-    if img_size is None:
-        config = getattr(model, "config", None)
-        if config is None:
-            raise ConfigError(f"{name} has a dynamic image size: profile it as a zoo model")
-        img_size = tuple(config.input_size[1:])
-    try:
-        first = blocks[0]
-        num_heads = int(first.attn.num_heads)
-        hidden = int(first.mlp.fc1.out_features)
-        for block in blocks:
-            if int(block.attn.qkv.out_features) != 3 * embed_dim or int(block.mlp.fc1.out_features) != hidden:
-                raise ConfigError(f"{name}'s blocks differ in width: the uniform ViT FLOP count does not apply")
-    except AttributeError as exc:
-        raise ConfigError(f"{name}'s blocks are not timm ViT blocks (attn.qkv, mlp.fc1): {exc}") from exc
-    head_dist = getattr(net, "head_dist", None)
-    heads_out = 1 + int(isinstance(head_dist, nn.Linear))
-    if not isinstance(getattr(net, "head", None), nn.Linear):
-        num_classes = 0
-    return VitArch(
-        img_size=tuple(int(s) for s in img_size),  # type: ignore[arg-type]
-        patch_size=patch_size,  # type: ignore[arg-type]
-        in_chans=int(proj.in_channels),
-        embed_dim=embed_dim,
-        depth=len(blocks),
-        num_heads=num_heads,
-        mlp_ratio=hidden / embed_dim,
-        num_classes=num_classes,
-        num_prefix_tokens=num_prefix,
-        num_heads_out=heads_out if num_classes else 0,
-    )
-
-
-def flops_of(model: Any) -> FlopsBreakdown:
-    """Analytic FLOPs of one image through a ZooModel or timm ViT (see `edgeattack.metrics.flops`).
-
-    A token-pruning network that exposes `token_schedule` (tokens, prefix included, per block at
-    inference) is counted with those counts; when it also has `score_predictor` (one module per
-    stage), `keep_counts` (patch tokens kept per stage) and `num_patches`, as
-    `edgeattack.sparsity.DynamicViT` does, the predictors' Linear layers are counted on the
-    tokens each one scores (all patches, then those kept by the previous stage).
-    """
-    net = _network(model)
-    if getattr(net, "share", None) is not None and hasattr(net.blocks[0], "layers"):
-        return _multiplexed_flops(net)
-    arch = arch_of(model)
-    schedule = getattr(net, "token_schedule", None)
-    if schedule is None:
-        return vit_flops(arch)
-    predictor = 0.0
-    predictors = getattr(net, "score_predictor", None)
-    keep_counts = getattr(net, "keep_counts", None)
-    if predictors is not None and keep_counts is not None:
-        scored = (int(getattr(net, "num_patches", arch.num_patches)), *(int(k) for k in keep_counts))
-        for stage, module in enumerate(predictors):
-            macs_per_token = sum(
-                layer.in_features * layer.out_features for layer in module.modules() if isinstance(layer, nn.Linear)
-            )
-            predictor += scored[stage] * macs_per_token
-    return vit_flops(arch, tuple(schedule), predictor_flops=predictor)
-
-
-def _multiplexed_flops(net: Any) -> FlopsBreakdown:
-    """MiniViT: every layer computes like a ViT layer (shared weights are still applied once per
-    layer), plus its head-mixing matmuls ([H,H] over the N x N maps) and depth-wise MLP convolutions."""
-    import dataclasses
-
-    first = net.blocks[0]
-    embed = net.patch_embed
-    arch = VitArch(
-        img_size=tuple(int(s) for s in embed.img_size),
-        patch_size=tuple(int(k) for k in embed.proj.kernel_size),
-        in_chans=int(embed.proj.in_channels),
-        embed_dim=int(net.embed_dim),
-        depth=sum(len(block.layers) for block in net.blocks),
-        num_heads=int(first.num_heads),
-        mlp_ratio=first.mlp.fc1.out_features / net.embed_dim,
-        num_classes=int(net.num_classes),
-        num_prefix_tokens=int(getattr(net, "num_prefix_tokens", 1)),
-    )
-    tokens, patches = arch.num_tokens, arch.num_patches
-    transforms = 0.0
-    for block in net.blocks:
-        for layer in block.layers:
-            if layer.mix_pre is not None:
-                transforms += 2 * block.num_heads**2 * tokens**2
-            if layer.dwconv is not None:
-                transforms += layer.dwconv.kernel_size[0] * layer.dwconv.kernel_size[1] * arch.embed_dim * patches
-    return dataclasses.replace(vit_flops(arch), transforms=transforms)
-
-
 def fp32_safetensors_bytes(model: Any) -> int:
     """Bytes of the network's state dict in fp32, serialised as safetensors (header included)."""
     safetensors_torch = require("safetensors.torch", feature="model sizes")
-    state = {key: value.detach().to(torch.float32).contiguous() for key, value in _network(model).state_dict().items()}
+    state = {key: value.detach().to(torch.float32).contiguous() for key, value in network_of(model).state_dict().items()}
     return len(safetensors_torch.save(state))
 
 
@@ -248,7 +130,7 @@ def _quiet_ao_deprecation() -> Iterator[None]:
 def quantize_dynamic_int8(model: Any) -> Any:
     """A copy of the network with its Linear layers dynamically quantized to int8 (CPU, fbgemm/qnnpack)."""
     with _quiet_ao_deprecation():
-        return torch.ao.quantization.quantize_dynamic(_network(model), {nn.Linear}, dtype=torch.qint8, inplace=False)
+        return torch.ao.quantization.quantize_dynamic(network_of(model), {nn.Linear}, dtype=torch.qint8, inplace=False)
 
 
 def int8_dynamic_bytes(model: Any) -> int:
@@ -322,6 +204,7 @@ def profile_model(
     device: str = "cpu",
     pretrained: bool | None = None,
     random_weights: bool = False,
+    model_args: Mapping[str, Any] | None = None,
 ) -> ModelProfile:
     """Profile zoo model `name_or_model` (a name, built with `create_model`, or a ZooModel).
 
@@ -351,7 +234,11 @@ def profile_model(
         entry = get_entry(name_or_model)
         architecture_only = checkpoint is None and not pretrained and not entry.shipped
         model = create_model(
-            name_or_model, checkpoint=checkpoint, pretrained=pretrained, random_weights=architecture_only or random_weights
+            name_or_model,
+            checkpoint=checkpoint,
+            pretrained=pretrained,
+            random_weights=architecture_only or random_weights,
+            **dict(model_args or {}),
         )
         if checkpoint is not None:
             weights = f"checkpoint {checkpoint}"
@@ -371,7 +258,7 @@ def profile_model(
         raise ConfigError("profile_model needs a zoo model name or a ZooModel (edgeattack.zoo.create_model)")
     from edgeattack.zoo.factory import count_parameters
 
-    params = count_parameters(_network(model))
+    params = count_parameters(network_of(model))
     fp32_bytes = fp32_safetensors_bytes(model)
     int8_bytes: int | None = None
     if int8:
@@ -388,7 +275,7 @@ def profile_model(
         gflops = flops.gflops
         if flops.transforms:
             notes.append(f"weight-multiplexed: per-layer transforms {flops.transforms / 1e9:.4f} G included")
-        if getattr(_network(model), "token_schedule", None) is not None:
+        if getattr(network_of(model), "token_schedule", None) is not None:
             notes.append(
                 f"token-pruned: GFLOPs from the model's tokens per block {[_compact(n) for n in flops.tokens_per_block]}"
                 + (f", predictors {flops.predictor / 1e9:.3f} G included" if flops.predictor else "")

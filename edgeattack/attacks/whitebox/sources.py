@@ -11,7 +11,7 @@ The weight options (`checkpoint`, `pretrained`, `random_weights`) are those of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,21 @@ from edgeattack.errors import ConfigError, EngineError
 
 
 def load_source_model(
-    spec: str, *, checkpoint: str | Path | None = None, pretrained: bool = False, random_weights: bool = False
+    spec: str,
+    *,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    random_weights: bool = False,
+    model_args: Mapping[str, Any] | None = None,
 ) -> Any:
     """The torch module for one source spec (zoo name, or a QDQ .onnx engine -> its fake-quant twin)."""
     if spec.endswith(".onnx"):
-        return int8_twin(spec, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights)
+        return int8_twin(
+            spec, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights, model_args=model_args
+        )
     from edgeattack.zoo.factory import create_model
 
-    return create_model(spec, **_weights(checkpoint, pretrained, random_weights))
+    return create_model(spec, **_weights(checkpoint, pretrained, random_weights), **dict(model_args or {}))
 
 
 def load_source_models(
@@ -35,12 +42,15 @@ def load_source_models(
     checkpoint: str | Path | None = None,
     pretrained: bool = False,
     random_weights: bool = False,
+    model_args: Mapping[str, Any] | None = None,
 ) -> list[Any]:
     """One module per spec; several specs make an ensemble (their logits are averaged)."""
     if not specs:
         raise ConfigError("give at least one source model (--model)")
     return [
-        load_source_model(spec, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights)
+        load_source_model(
+            spec, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights, model_args=model_args
+        )
         for spec in specs
     ]
 
@@ -56,6 +66,7 @@ def int8_twin(
     checkpoint: str | Path | None = None,
     pretrained: bool = False,
     random_weights: bool = False,
+    model_args: Mapping[str, Any] | None = None,
 ) -> Any:
     """The FakeQuantTwin of a static-QDQ engine, built on the engine's source model (with these weights)."""
     from edgeattack.compress.fakequant import FakeQuantTwin
@@ -77,7 +88,9 @@ def int8_twin(
             f"{path} is not a static QDQ int8 engine (precision {metadata.precision}, method {method}); "
             "a differentiable twin needs the engine's fixed activation scales"
         )
-    model = create_model(metadata.source_model, **_weights(checkpoint, pretrained, random_weights))
+    model = create_model(
+        metadata.source_model, **_weights(checkpoint, pretrained, random_weights), **dict(model_args or {})
+    )
     if metadata.source_sha256 and model.weights_sha256 != metadata.source_sha256:
         raise EngineError(
             f"{path} was exported from other weights of {metadata.source_model} "

@@ -1,0 +1,89 @@
+"""Record DeiT and DeiT-distilled fixtures with facebookresearch/deit's own model code (run outside edgeattack).
+
+Usage (a Python with timm 0.4.12, as the official requirements pin):
+
+    python scripts/official_fixtures/record_deit.py --official /path/to/deit --out tests/fixtures/official
+
+Builds `VisionTransformer` (deit_small_patch16_224's constructor) and deit's own
+`DistilledVisionTransformer` at the fixture width (embed_dim 48, 3 heads, depth 12), seeded, and
+saves them as deit's main.py saves them: the training checkpoint (`model`, `optimizer`,
+`lr_scheduler`, `epoch`, `model_ema`, `scaler`, and the `argparse.Namespace` of its parser under
+`args`), and the released layout (`{"model": ...}`) for the distilled one. Writes
+`deit/checkpoint.pth`, `deit/expected.npz`, `deit_distilled/deit_distilled.pth`,
+`deit_distilled/expected.npz`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+WIDTH = {"patch_size": 16, "embed_dim": 48, "depth": 12, "num_heads": 3, "mlp_ratio": 4, "qkv_bias": True}
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def normalised_inputs(fixtures: Path) -> torch.Tensor:
+    with np.load(fixtures / "inputs.npz", allow_pickle=False) as data:
+        images = data["images"]
+    x = torch.from_numpy((images.astype(np.float32) / np.float32(255.0)).transpose(0, 3, 1, 2).copy())
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--official", type=Path, required=True, help="a checkout of facebookresearch/deit")
+    parser.add_argument("--out", type=Path, required=True, help="tests/fixtures/official")
+    options = parser.parse_args()
+    sys.path.insert(0, str(options.official))
+    sys.argv = [sys.argv[0]]
+    import main as deit_main
+    import models as deit_models
+    from timm.models.vision_transformer import VisionTransformer
+    from timm.optim import create_optimizer
+    from timm.scheduler import create_scheduler
+    from timm.utils import NativeScaler
+
+    x = normalised_inputs(options.out)
+    norm = partial(nn.LayerNorm, eps=1e-6)
+
+    torch.manual_seed(0)
+    plain = VisionTransformer(**WIDTH, norm_layer=norm).eval()
+    args = deit_main.get_args_parser().parse_args([])
+    args.model = "deit_small_patch16_224"
+    optimizer = create_optimizer(args, plain)
+    scheduler, _ = create_scheduler(args, optimizer)
+    ema = {key: value * 0.5 for key, value in plain.state_dict().items()}  # a different EMA: 'model' must be read
+    folder = options.out / "deit"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "model": plain.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict(),
+            "epoch": 299,
+            "model_ema": ema,
+            "scaler": NativeScaler().state_dict(),
+            "args": args,
+        },
+        folder / "checkpoint.pth",
+    )
+    with torch.no_grad():
+        np.savez(folder / "expected.npz", logits=plain(x).numpy())
+
+    torch.manual_seed(1)
+    distilled = deit_models.DistilledVisionTransformer(**WIDTH, norm_layer=norm).eval()
+    folder = options.out / "deit_distilled"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": distilled.state_dict()}, folder / "deit_distilled.pth")
+    with torch.no_grad():
+        np.savez(folder / "expected.npz", logits=distilled(x).numpy())
+
+
+if __name__ == "__main__":
+    main()
