@@ -18,7 +18,7 @@ pytest.importorskip("timm")
 from timm.models.vision_transformer import VisionTransformer
 
 from edgeattack.data.base import ImageDataset
-from edgeattack.errors import ConfigError, DataError, EdgeAttackError
+from edgeattack.errors import ConfigError, DataError, EdgeAttackError, TrainingDivergedError
 from edgeattack.sparsity import schedule
 from edgeattack.sparsity.dynamicvit import (
     DynamicViT,
@@ -29,7 +29,6 @@ from edgeattack.sparsity.dynamicvit import (
 )
 from edgeattack.sparsity.dynamicvit_train import (
     DynamicViTTrainConfig,
-    TrainingDivergedError,
     dynamicvit_loss,
     teacher_outputs,
     train_dynamicvit,

@@ -23,12 +23,13 @@ from typing import Any
 
 from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
-from edgeattack.errors import ConfigError, DataError, TrainingDivergedError
+from edgeattack.errors import ConfigError
 from edgeattack.sparsity.dynamicvit import DynamicViT, DynamicViTOutput
 from edgeattack.sparsity.schedule import check_keep_rate, dynamicvit_name
-from edgeattack.training.loop import LoopConfig, LoopResult, StepDiverged, run_training
-from edgeattack.zoo.factory import ZooModel, state_dict_sha256
-from edgeattack.zoo.train import evaluate_accuracy
+from edgeattack.sparsity.token_trainer import EpochCallback, TokenSparseTrainer
+from edgeattack.sparsity.token_trainer import check_teacher as check_teacher
+from edgeattack.sparsity.token_trainer import train_and_report as train_and_report
+from edgeattack.zoo.factory import ZooModel
 
 logger = logging.getLogger(__name__)
 torch = require("torch", feature="DynamicViT training")
@@ -129,24 +130,82 @@ def teacher_outputs(teacher: ZooModel, images: Any) -> tuple[Any, Any]:
     return logits, features[:, teacher.net.num_prefix_tokens :]
 
 
-def check_teacher(teacher: ZooModel, student: ZooModel) -> None:
-    """ConfigError unless teacher and student classify the same inputs into the same classes."""
-    problems = []
-    if tuple(teacher.config.input_size) != tuple(student.config.input_size):
-        problems.append(f"input size {teacher.config.input_size} vs {student.config.input_size}")
-    if teacher.config.num_classes != student.config.num_classes:
-        problems.append(f"{teacher.config.num_classes} vs {student.config.num_classes} classes")
-    if tuple(teacher.config.mean) != tuple(student.config.mean) or tuple(teacher.config.std) != tuple(
-        student.config.std
-    ):
-        problems.append("different normalisation")
-    t_dim, s_dim = getattr(teacher.net, "embed_dim", None), getattr(student.net, "embed_dim", None)
-    if t_dim != s_dim:
-        problems.append(f"token width {t_dim} vs {s_dim} (token distillation compares features)")
-    if problems:
-        raise ConfigError(
-            f"teacher {teacher.model_name} does not fit student {student.model_name}: " + "; ".join(problems)
+class DynamicViTTrainer(TokenSparseTrainer):
+    """DynamicViT's loss on the shared token-sparse trainer: predictors at `lr`, backbone at `lr · backbone_lr_scale`."""
+
+    family = "dynamicvit"
+    net_type = DynamicViT
+    loss_names = LOSS_TERMS
+
+    def __init__(
+        self,
+        teacher: ZooModel,
+        config: DynamicViTTrainConfig,
+        *,
+        rho: float,
+        prune_locations: tuple[int, ...] | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> None:
+        super().__init__(teacher, config, on_epoch=on_epoch)
+        self.rho = rho
+        self.prune_locations = prune_locations
+
+    def default_name(self) -> str:
+        return dynamicvit_name(self.teacher.model_name, self.rho)
+
+    def build_net(self, name: str) -> DynamicViT:
+        return DynamicViT.from_vit(self.teacher.net, self.rho, self.prune_locations)
+
+    def check_student(self, student: ZooModel) -> None:
+        super().check_student(student)
+        if not math.isclose(student.net.rho, self.rho):
+            raise ConfigError(f"student {student.model_name} has keep rate {student.net.rho}, asked for {self.rho}")
+
+    def new_report(self, student: ZooModel) -> DynamicViTTrainReport:
+        net: DynamicViT = student.net
+        self.net = net
+        return DynamicViTTrainReport(
+            name=student.model_name,
+            rho=self.rho,
+            keep_ratios=net.keep_ratios,
+            prune_locations=net.prune_locations,
+            token_schedule=net.token_schedule,
+            epochs=self.config.epochs,
         )
+
+    def optimizer(self, student: ZooModel) -> Callable[[], Any]:
+        predictor_params = list(student.net.score_predictor.parameters())
+        predictor_ids = {id(p) for p in predictor_params}
+        backbone_params = [p for p in student.parameters() if id(p) not in predictor_ids]
+        groups = [{"params": predictor_params, "lr": self.config.lr}]
+        if self.config.backbone_lr_scale > 0:
+            groups.append({"params": backbone_params, "lr": self.config.lr * self.config.backbone_lr_scale})
+        else:
+            for p in backbone_params:
+                p.requires_grad_(False)
+        return lambda: torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
+
+    def step(self, model: Any, x: Any, y: Any) -> tuple[Any, dict[str, Any]]:
+        config = self.config
+        t_logits, t_tokens = teacher_outputs(self.teacher, x)
+        out = model(x)
+        terms = dynamicvit_loss(
+            out,
+            y,
+            t_logits,
+            t_tokens,
+            self.net.keep_ratios,
+            ratio_weight=config.ratio_weight,
+            distill_weight=config.distill_weight,
+            token_weight=config.token_weight,
+            label_smoothing=config.label_smoothing,
+        )
+        keeps = {f"keep{s}": decision.detach().mean() for s, decision in enumerate(out.decisions)}
+        return terms.pop("loss"), {**terms, **keeps}
+
+    def record(self, report: Any, means: dict[str, float], validation: dict[str, float] | None) -> None:
+        super().record(report, means, validation)
+        report.train_keep_ratios.append([means[f"keep{s}"] for s in range(len(report.keep_ratios))])
 
 
 def train_dynamicvit(
@@ -161,7 +220,7 @@ def train_dynamicvit(
     name: str | None = None,
     student: ZooModel | None = None,
     prune_locations: tuple[int, ...] | None = None,
-    on_epoch: Callable[[int, dict[str, float], float | None], None] | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> tuple[ZooModel, DynamicViTTrainReport]:
     """Train a DynamicViT with keep rate `rho` (0.7, 0.6 or 0.5) from `teacher` (a timm-ViT ZooModel).
 
@@ -173,153 +232,5 @@ def train_dynamicvit(
     config = config or DynamicViTTrainConfig()
     overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
     config = dataclasses.replace(config, **overrides)
-    if student is None:
-        net = DynamicViT.from_vit(teacher.net, rho, prune_locations)
-        config_s = dataclasses.replace(teacher.config, family="dynamicvit")
-        student = ZooModel(net, config_s, name or dynamicvit_name(teacher.model_name, rho))
-    elif not isinstance(student.net, DynamicViT):
-        raise ConfigError(f"student {student.model_name} does not wrap a DynamicViT")
-    elif not math.isclose(student.net.rho, rho):
-        raise ConfigError(f"student {student.model_name} has keep rate {student.net.rho}, asked for {rho}")
-    check_teacher(teacher, student)
-    for split in (train, val):
-        if split is not None and split.input_shape != tuple(teacher.config.input_size):
-            raise DataError(
-                f"{split.name}:{split.split} has images of shape {split.input_shape}, "
-                f"{teacher.model_name} takes {tuple(teacher.config.input_size)}"
-            )
-    net: DynamicViT = student.net
-    report = DynamicViTTrainReport(
-        name=student.model_name,
-        rho=rho,
-        keep_ratios=net.keep_ratios,
-        prune_locations=net.prune_locations,
-        token_schedule=net.token_schedule,
-        epochs=config.epochs,
-    )
-    if val is not None:
-        report.teacher_val_acc = evaluate_accuracy(teacher, val)
-
-    predictor_params = list(net.score_predictor.parameters())
-    predictor_ids = {id(p) for p in predictor_params}
-    backbone_params = [p for p in student.parameters() if id(p) not in predictor_ids]
-    groups = [{"params": predictor_params, "lr": config.lr}]
-    if config.backbone_lr_scale > 0:
-        groups.append({"params": backbone_params, "lr": config.lr * config.backbone_lr_scale})
-    else:
-        for p in backbone_params:
-            p.requires_grad_(False)
-    stages = range(len(net.keep_ratios))
-
-    def step(model: Any, x: Any, y: Any) -> tuple[Any, dict[str, Any]]:
-        t_logits, t_tokens = teacher_outputs(teacher, x)
-        out = model(x)
-        terms = dynamicvit_loss(
-            out,
-            y,
-            t_logits,
-            t_tokens,
-            net.keep_ratios,
-            ratio_weight=config.ratio_weight,
-            distill_weight=config.distill_weight,
-            token_weight=config.token_weight,
-            label_smoothing=config.label_smoothing,
-        )
-        keeps = {f"keep{s}": decision.detach().mean() for s, decision in zip(stages, out.decisions, strict=True)}
-        return terms.pop("loss"), {**terms, **keeps}
-
-    def record(means: dict[str, float], figures: dict[str, float] | None) -> None:
-        report.losses.append({k: means[k] for k in LOSS_TERMS})
-        report.train_keep_ratios.append([means[f"keep{s}"] for s in stages])
-        if figures is not None:
-            report.val_acc.append(figures["acc"])
-
-    def progress(epoch: int, means: dict[str, float], figures: dict[str, float] | None) -> None:
-        losses, acc = {k: means[k] for k in LOSS_TERMS}, None if figures is None else figures["acc"]
-        logger.info("%s epoch %d: %s val_acc=%s", student.model_name, epoch + 1, losses, acc)
-        if on_epoch is not None:
-            on_epoch(epoch, losses, acc)
-
-    return train_and_report(
-        student,
-        train,
-        step,
-        lambda: torch.optim.AdamW(groups, weight_decay=config.weight_decay),
-        LoopConfig.of(config, check_finite=True),
-        report=report,
-        record=record,
-        names=LOSS_TERMS,
-        frozen=(teacher,),
-        validate=None if val is None else (lambda model: {"acc": evaluate_accuracy(model, val)}),
-        on_epoch=progress,
-    )
-
-
-def train_and_report(
-    student: ZooModel,
-    train: ImageDataset,
-    step: Callable[..., Any],
-    optimizer: Callable[[], Any],
-    loop: LoopConfig,
-    *,
-    report: Any,
-    record: Callable[[dict[str, float], dict[str, float] | None], None],
-    names: tuple[str, ...],
-    **hooks: Any,
-) -> tuple[ZooModel, Any]:
-    """What the token-sparse trainers (DynamicViT, A-ViT, AdaViT) share around `run_training`.
-
-    Runs the loop (`hooks`: frozen, validate, before_epoch, on_epoch), copies its figures into
-    `report` through `record`, and returns the student in eval mode with its weights' sha256; a
-    diverged step fills the report so far and raises TrainingDivergedError naming the loss terms
-    in `names` (`stop_diverged`).
-    """
-    try:
-        result = run_training(student, train, step, optimizer, loop, **hooks)
-    except StepDiverged as stop:
-        fill_report(report, stop.result, record)
-        stop_diverged(student, report, f"{student.model_name}: {stop}", loss_terms(stop, names))
-    fill_report(report, result, record)
-    student.weights_sha256 = state_dict_sha256(student)
-    return student.eval(), report
-
-
-def fill_report(
-    report: Any, result: LoopResult, record: Callable[[dict[str, float], dict[str, float] | None], None]
-) -> None:
-    """Copy the loop's figures into a token-sparse trainer's report: steps, wall time, `record` per epoch.
-
-    `record(means, validation)` gets each epoch's mean terms and its validation figures (None on the
-    ranks other than 0, which do not validate).
-    """
-    report.steps = result.steps
-    report.wall_s = result.wall_s
-    figures: list[dict[str, float] | None] = list(result.val)
-    if len(figures) != len(result.epochs):
-        figures = [None] * len(result.epochs)
-    for means, val in zip(result.epochs, figures, strict=True):
-        record(means, val)
-
-
-def loss_terms(stop: StepDiverged, names: tuple[str, ...]) -> dict[str, Any] | None:
-    """The named loss terms of a diverged step, for its message (None when it diverged in the gradient)."""
-    return {k: stop.terms[k] for k in names if k in stop.terms} or None
-
-
-def stop_diverged(student: ZooModel, report: Any, message: str, terms: dict[str, Any] | None = None) -> None:
-    """Stop: the optimizer has not stepped on the bad loss, so `student` keeps its last good weights.
-
-    Shared by the token-sparse trainers (DynamicViT, A-ViT, AdaViT); `report` is the trainer's report
-    dataclass, `terms` the loss terms shown in the message.
-    """
-    student.eval()
-    student.weights_sha256 = state_dict_sha256(student)
-    detail = ""
-    if terms is not None:
-        detail = " (" + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items()) + ")"
-    raise TrainingDivergedError(
-        f"{message}{detail}; training stopped, the model keeps the weights of the last good step "
-        "(lower the learning rate or set max_grad_norm)",
-        model=student,
-        report=report,
-    )
+    trainer = DynamicViTTrainer(teacher, config, rho=rho, prune_locations=prune_locations, on_epoch=on_epoch)
+    return trainer.fit(train, val, student=student, name=name)
