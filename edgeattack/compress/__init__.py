@@ -21,6 +21,7 @@ _LAZY = {
     "fit_student": "edgeattack.compress.distill",
     "compress_minivit": "edgeattack.compress.minivit",
     "MiniVisionTransformer": "edgeattack.compress.minivit",
+    "MiniDeiT": "edgeattack.compress.mini_deit",
     "compress_sparse24": "edgeattack.compress.sparse24",
     "is_2to4_sparse": "edgeattack.compress.sparse24",
     "prune_2to4": "edgeattack.compress.sparse24",

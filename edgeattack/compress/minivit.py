@@ -1,4 +1,4 @@
-"""MiniViT weight multiplexing (Mini-DeiT), a compact version of Zhang et al. 2022 (arXiv:2204.07154).
+"""edgeattack's class-token MiniViT: weight multiplexing after Zhang et al. 2022 (arXiv:2204.07154).
 
 Consecutive transformer blocks are merged into one `MultiplexedBlock`: `share` layers run one after
 the other with *the same* attention (qkv, proj) and MLP (fc1, fc2) weights, so block parameters
@@ -13,23 +13,21 @@ drop to about 1/share. Each layer keeps its own, small parts, which give the lay
 
 The student starts from the teacher (stem, position embedding, final norm and head copied, the
 shared weights from one teacher block of each group, the LayerNorms from their own layers) and
-is trained with weight distillation from that teacher:
+is trained with weight distillation from that teacher: prediction-logit distillation,
+(1 - α) CE(y) + α τ² KL(teacher ‖ student), plus MiniViT's self-attention and hidden-state
+relation losses (`edgeattack.compress.minivit_distill`).
 
-- prediction-logit distillation: (1 - α) CE(y) + α τ² KL(teacher ‖ student) on the logits;
-- self-attention distillation: KL between the relation matrices softmax(M_i M_j^T / √d) of the
-  last layer's queries, keys and values (i, j ∈ {Q, K, V}, per relation head; Q-K is the attention
-  map), student against teacher, averaged over the nine pairs (MiniViT, after MiniLMv2);
-- hidden-state distillation: MSE between the token-relation matrices of the last layer's
-  L2-normalised hidden states, H H^T.
-
-Differences from Cream's Mini-DeiT: no image relative position encoding (iRPE) and no distillation
-token, so the model exports to plain ONNX (MatMul, Softmax, Conv) and Cream's checkpoints do not load.
+This keeps the teacher's class token and has no image relative position encoding, so it starts
+exactly from a timm ViT; it is `minivit_tiny_digits` (shipped weights) and the
+`variant="class-token"` option of the `mini_deit_*_patch16_224` names. Cream's own Mini-DeiT
+(iRPE on keys, no class token, mean-pooled head, no MLP transformation), which loads Cream's
+released checkpoints, is `edgeattack.compress.mini_deit.MiniDeiT`, those names' default.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import logging
 from typing import Any
 
 from edgeattack._lazy import require
@@ -41,6 +39,7 @@ from edgeattack.compress.distill import (
     soft_kd_loss,
     vit_arch,
 )
+from edgeattack.compress.minivit_distill import LastLayerTap, hidden_relation_mse, relation_kl
 from edgeattack.data.base import ImageDataset
 from edgeattack.errors import ConfigError
 from edgeattack.zoo.config import ModelConfig
@@ -51,6 +50,8 @@ nn = torch.nn
 F = torch.nn.functional
 vision_transformer = require("timm.models.vision_transformer", feature="MiniViT")
 timm_layers = require("timm.layers", feature="MiniViT")
+
+logger = logging.getLogger(__name__)
 
 DIGITS_MINIVIT_NAME = "minivit_tiny_digits"
 SHARED_INITS = ("first", "middle", "mean")
@@ -212,27 +213,6 @@ def build_digits_minivit(name: str, config: ModelConfig, **overrides: Any) -> An
     return build_minivit(config, {**DIGITS_VIT_ARGS, **overrides}, **options)
 
 
-MINI_DEIT_ARCHS: dict[str, dict[str, Any]] = {
-    "tiny": {"embed_dim": 192, "num_heads": 3},
-    "small": {"embed_dim": 384, "num_heads": 6},
-    "base": {"embed_dim": 768, "num_heads": 12},
-}
-
-
-def build_mini_deit(name: str, config: ModelConfig, *, pretrained: bool = False, **overrides: Any) -> Any:
-    """Zoo builder: Mini-DeiT-Ti/S/B at 224 (patch 16, depth 12, share 2), random weights.
-
-    There are no loadable pretrained weights (Cream's use iRPE): train with `compress_minivit` from
-    the matching DeiT teacher, or pass a checkpoint of this architecture.
-    """
-    if pretrained:
-        raise ConfigError(f"{name} has no downloadable weights: train it with compress_minivit or pass --checkpoint")
-    size = next((s for s in MINI_DEIT_ARCHS if f"_{s}_" in name), "tiny")
-    arch = {"patch_size": 16, "depth": 12, "mlp_ratio": 4.0, "qkv_bias": True, **MINI_DEIT_ARCHS[size]}
-    options = {k: overrides.pop(k) for k in ("share", "attn_transform", "mlp_transform") if k in overrides}
-    return build_minivit(config, {**arch, **overrides}, **{"share": 2, **options})
-
-
 # -- initialisation from the teacher --------------------------------------------------------------
 def init_from_teacher(student: MiniVisionTransformer, teacher_net: Any, shared_init: str = "first") -> None:
     """Copy a same-width timm ViT teacher into `student`: stem, norms, head, and the shared weights.
@@ -287,59 +267,6 @@ def _copy(student: Any, teacher: Any, key: str) -> None:
             f"cannot initialise {key} from the teacher: shape {tuple(theirs.shape)} != {tuple(ours.shape)}"
         )
     ours.copy_(theirs)
-
-
-# -- distillation losses -----------------------------------------------------------------------
-class LastLayerTap:
-    """Forward hooks keeping the last call's qkv output and hidden state of a ViT's last block."""
-
-    def __init__(self, net: Any) -> None:
-        last = net.blocks[-1]
-        qkv = last.qkv if hasattr(last, "qkv") else last.attn.qkv
-        self.qkv: Any = None
-        self.hidden: Any = None
-        self._handles = [
-            qkv.register_forward_hook(lambda _m, _i, out: setattr(self, "qkv", out)),
-            last.register_forward_hook(lambda _m, _i, out: setattr(self, "hidden", out)),
-        ]
-        self.prefix = int(getattr(net, "num_prefix_tokens", 1))
-        self.patches = int(net.patch_embed.num_patches)
-
-    def tokens(self, x: Any) -> Any:
-        """The class token and the patch tokens (a distillation token is dropped, so tokens align)."""
-        return torch.cat([x[:, :1], x[:, x.shape[1] - self.patches :]], dim=1) if self.prefix != 1 else x
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
-def relation_kl(student_qkv: Any, teacher_qkv: Any, heads: int) -> Any:
-    """Mean over the 9 (Q,K,V) pairs of KL(teacher relation ‖ student relation), per relation head."""
-    total = 0.0
-    s_parts, t_parts = student_qkv.chunk(3, dim=-1), teacher_qkv.chunk(3, dim=-1)
-    for i in range(3):
-        for j in range(3):
-            s = _relation_logits(s_parts[i], s_parts[j], heads)
-            t = _relation_logits(t_parts[i], t_parts[j], heads)
-            kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), reduction="none", log_target=True)
-            total = total + kl.sum(-1).mean()
-    return total / 9.0
-
-
-def _relation_logits(a: Any, b: Any, heads: int) -> Any:
-    batch, tokens, dim = a.shape
-    a = a.reshape(batch, tokens, heads, dim // heads).transpose(1, 2)
-    b = b.reshape(batch, tokens, heads, dim // heads).transpose(1, 2)
-    return a @ b.transpose(-2, -1) / math.sqrt(dim / heads)
-
-
-def hidden_relation_mse(student_hidden: Any, teacher_hidden: Any) -> Any:
-    """MSE between token-relation matrices of L2-normalised hidden states, times the token count."""
-    s = F.normalize(student_hidden, dim=-1)
-    t = F.normalize(teacher_hidden, dim=-1)
-    s_rel, t_rel = s @ s.transpose(-1, -2), t @ t.transpose(-1, -2)
-    return F.mse_loss(s_rel, t_rel) * s_rel.shape[-1]
 
 
 MINIVIT_DEFAULTS: dict[str, Any] = {
@@ -458,7 +385,12 @@ def _student_name(teacher: ZooModel, arch: dict[str, Any], params: dict[str, Any
         == (DIGITS_CONFIG.input_size, DIGITS_CONFIG.num_classes, DIGITS_CONFIG.dataset)
     ):
         return DIGITS_MINIVIT_NAME
-    deit = {f"deit_{size}_patch16_224": f"mini_deit_{size}_patch16_224" for size in MINI_DEIT_ARCHS}
+    deit = {f"deit_{size}_patch16_224": f"mini_deit_{size}_patch16_224" for size in ("tiny", "small", "base")}
     if default_options and teacher.model_name in deit:
+        logger.info(
+            "%s is the class-token MiniViT: load its weights with variant=class-token "
+            "(--model-arg variant=class-token); the name's default is Cream's Mini-DeiT",
+            deit[teacher.model_name],
+        )
         return deit[teacher.model_name]
     return f"{teacher.model_name}_minivit{int(params['share'])}"

@@ -146,7 +146,7 @@ class FlopsBreakdown:
     mlp: float
     head: float
     predictor: float = 0.0
-    transforms: float = 0.0  # MiniViT's per-layer head mixing and depth-wise MLP convolutions
+    transforms: float = 0.0  # MiniViT's head mixing and depth-wise MLP convs; Mini-DeiT's head mixing and iRPE lookups
     norms: float = 0.0
     tokens_per_block: tuple[float, ...] = field(default=())
     blocks: tuple[float, ...] = field(default=())

@@ -23,16 +23,21 @@ __all__ = ["arch_of", "flops_of", "network_of"]
 
 
 def network_of(model: Any) -> Any:
+    """The network inside a ZooModel (or the module itself)."""
     return getattr(model, "net", model)
 
 
 def arch_of(model: Any) -> VitArch:
     """The `VitArch` of a ZooModel or a timm `VisionTransformer` (plain ViT / DeiT blocks only).
 
-    Raises ConfigError for networks whose FLOPs the ViT count does not describe (a hybrid or
-    non-conv patch embedding, blocks of different widths, attention-pool heads).
+    A network whose blocks are not timm's (Mini-DeiT's multiplexed layers) describes itself with a
+    `vit_arch()` method. Raises ConfigError for networks whose FLOPs the ViT count does not describe
+    (a hybrid or non-conv patch embedding, blocks of different widths, attention-pool heads).
     """
     net = network_of(model)
+    own = getattr(net, "vit_arch", None)
+    if callable(own):
+        return own()
     name = type(net).__name__
     try:
         embed = net.patch_embed
@@ -93,6 +98,9 @@ def flops_of(model: Any) -> FlopsBreakdown:
     tokens each one scores (all patches, then those kept by the previous stage).
     """
     net = network_of(model)
+    own = getattr(net, "analytic_flops", None)
+    if callable(own):  # a network that counts itself (Mini-DeiT: head mixing and iRPE on top of the ViT count)
+        return own()
     if getattr(net, "share", None) is not None and hasattr(net.blocks[0], "layers"):
         return _multiplexed_flops(net)
     arch = arch_of(model)

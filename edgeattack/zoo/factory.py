@@ -11,6 +11,7 @@ purpose (`random_weights=True`). A model without shipped weights given none of t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
@@ -195,14 +196,17 @@ def load_checkpoint(model: ZooModel, path: str | Path) -> ZooModel:
     """
     net = model.net
     checkpoint = read_checkpoint(path, layouts=getattr(net, "checkpoint_layouts", DEFAULT_LAYOUTS))
+    adapt = getattr(net, "adapt_checkpoint", None)
     state = checkpoint.state
-    if any(key.startswith("net.") for key in state):
-        target, state = model, dict(state)
-        state.setdefault("mean", model.mean)
-        state.setdefault("std", model.std)
+    if any(key.startswith("net.") for key in state):  # a whole ZooModel, as edgeattack saves one
+        target = model
+        own = {key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")}
+        if callable(adapt):
+            own = adapt(dataclasses.replace(checkpoint, state=own))
+        rest = {key: value for key, value in state.items() if not key.startswith("net.")}
+        state = {"mean": model.mean, "std": model.std, **rest, **{f"net.{key}": value for key, value in own.items()}}
     else:
         target = net
-        adapt = getattr(net, "adapt_checkpoint", None)
         if callable(adapt):
             state = adapt(checkpoint)
     try:

@@ -37,7 +37,7 @@ import numpy as np
 from edgeattack._lazy import require
 from edgeattack.errors import ConfigError
 from edgeattack.metrics.flops import bytes_to_mb, bytes_to_mib
-from edgeattack.zoo.arch import network_of, arch_of, flops_of
+from edgeattack.zoo.arch import arch_of, flops_of, network_of
 
 logger = logging.getLogger(__name__)
 
