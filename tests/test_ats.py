@@ -1,5 +1,6 @@
 """ATS (adaptive token sampling) and the token-sparse contract: counts, batch independence, physical
-== masked dropping, token caps, the differentiable usage, ONNX export with `token_counts`, parity."""
+== masked dropping, token caps, the differentiable usage, ONNX export with `token_counts`, parity.
+The official sampler's agreement with adaptivetokensampling/ATS is in test_official_ats.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ pytest.importorskip("timm")
 
 from edgeattack.errors import ConfigError
 from edgeattack.metrics.tokens import gflops_from_counts, gflops_from_metadata, tur
-from edgeattack.sparsity.ats import ATS, ats_keep, ats_stages_for, expected_distinct
+from edgeattack.sparsity.ats import ATS, ats_stages_for
+from edgeattack.sparsity.ats_sampling import (
+    expected_distinct,
+    nearest_cdf_keep,
+    quantile_keep,
+    sample_points,
+    score_order,
+)
 from edgeattack.sparsity.base import (
     TokenSparseNet,
     apply_token_cap,
@@ -56,6 +64,7 @@ def test_zoo_names_and_shipped_weights(ats, model):
     net = ats.net
     assert (net.mechanism, net.depth, net.num_tokens, net.drop_mode, net.token_cap) == ("ats", 6, 65, "physical", None)
     assert net.stages == (2, 3, 4, 5) and ats_stages_for(12) == tuple(range(3, 12))
+    assert net.sampler == "official" and net.max_tokens == (64, 64, 64, 64)  # K = the patch tokens, at every stage
     # parameter-free: exactly vit_tiny_digits' weights, under the same names
     ours, theirs = ats.state_dict(), model.state_dict()
     assert ours.keys() == theirs.keys()
@@ -92,15 +101,20 @@ def test_batch_result_equals_per_image_result(ats, images, results):
     assert torch.allclose(shuffled[0].flip(0), logits, atol=1e-4) and torch.equal(shuffled[1].flip(0), counts)
 
 
-def test_physical_and_masked_dropping_agree(images, results):
-    masked = create_model("ats_tiny_digits", drop_mode="masked")
+@pytest.mark.parametrize("sampler", ["official", "quantile"])
+def test_physical_and_masked_dropping_agree(images, results, sampler):
+    physical = create_model("ats_tiny_digits", sampler=sampler)
+    masked = create_model("ats_tiny_digits", drop_mode="masked", sampler=sampler)
     with torch.no_grad():
+        reference = physical.forward_counts(images) if sampler != "official" else results
         logits, counts = masked.forward_counts(images)
         usage_logits, _ = masked.usage(images)
-    assert torch.allclose(logits, results[0], atol=1e-4) and torch.equal(counts, results[1])
-    assert torch.allclose(usage_logits, results[0], atol=1e-4)
+    assert torch.allclose(logits, reference[0], atol=1e-4) and torch.equal(counts, reference[1])
+    assert torch.allclose(usage_logits, reference[0], atol=1e-4)
     with pytest.raises(ConfigError, match="drop_mode"):
         create_model("ats_tiny_digits", drop_mode="lazy")
+    with pytest.raises(ConfigError, match="sampler"):
+        create_model("ats_tiny_digits", sampler="uniform")
 
 
 def test_token_cap_bounds_the_counts(images, results):
@@ -152,16 +166,40 @@ def test_masked_block_ignores_padding(model):
     assert torch.allclose(out, ref, atol=1e-5)
 
 
-def test_inverse_transform_sampling():
+def test_official_nearest_cdf_sampler():
+    valid = torch.ones(1, 8, dtype=torch.bool)
+    uniform = torch.full((1, 8), 1 / 8)
+    # normalised CDF 0, 1/7, ..., 1; 8 points from 1/7 to 1: every token but the lowest is nearest to one
+    assert nearest_cdf_keep(uniform, valid, sample_points(8)).tolist() == [[False] + [True] * 7]
+    peaked = torch.tensor([[0.0] * 7 + [1.0]])
+    assert nearest_cdf_keep(peaked, valid, sample_points(8)).tolist() == [[False] * 7 + [True]]
+    skewed = torch.tensor([[0.01, 0.02, 0.02, 0.05, 0.1, 0.1, 0.2, 0.5]])  # ascending, as the sampler takes them
+    kept = nearest_cdf_keep(skewed, valid, sample_points(8))
+    assert kept[0, -1] and not kept[0, 0] and 1 < int(kept.sum()) < 7  # duplicates collapse
+    assert nearest_cdf_keep(skewed, valid, sample_points(2)).sum() <= 2
+    padded = torch.cat([torch.zeros(1, 3), uniform], dim=1)  # padding first, as score_order puts it
+    keep = nearest_cdf_keep(padded, torch.tensor([[False] * 3 + [True] * 8]), sample_points(8))
+    assert keep.tolist() == [[False] * 4 + [True] * 7]
+    with pytest.raises(ConfigError, match="at least 2"):
+        sample_points(1)
+
+
+def test_score_order_puts_padding_first_and_breaks_ties_by_position():
+    scores = torch.tensor([[0.3, 0.1, 0.0, 0.3, 0.3]])
+    rank, order = score_order(scores, torch.tensor([[True, True, False, True, True]]))
+    assert rank.tolist() == [[2, 1, 0, 3, 4]] and order.tolist() == [[2, 1, 0, 3, 4]]
+
+
+def test_quantile_sampler():
     uniform = torch.full((1, 8), 1 / 8)
     samples = torch.tensor([[8]])
-    assert ats_keep(uniform, samples).all()  # every interval holds one quantile
+    assert quantile_keep(uniform, samples).all()  # every interval holds one quantile
     peaked = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
-    assert ats_keep(peaked, samples).tolist() == [[False, False, True] + [False] * 5]
+    assert quantile_keep(peaked, samples).tolist() == [[False, False, True] + [False] * 5]
     skewed = torch.tensor([[0.6, 0.1, 0.1, 0.1, 0.05, 0.05, 0.0, 0.0]])
-    kept = ats_keep(skewed, samples)
+    kept = quantile_keep(skewed, samples)
     assert kept[0, 0] and not kept[0, 6:].any() and 1 < int(kept.sum()) < 6  # duplicates collapse
-    assert ats_keep(skewed, torch.tensor([[2]])).sum() <= 2
+    assert quantile_keep(skewed, torch.tensor([[2]])).sum() <= 2
     valid = torch.ones(1, 8, dtype=torch.bool)
     assert expected_distinct(uniform, samples, valid) > expected_distinct(skewed, samples, valid)
     assert expected_distinct(skewed, samples, valid) > expected_distinct(peaked, samples, valid)

@@ -1,27 +1,35 @@
 """ATS, the Adaptive Token Sampler (Fayyaz et al., "Adaptive Token Sampling for Efficient Vision
 Transformers", ECCV 2022), around a timm ViT: parameter-free, so it works on a trained ViT as is.
 
-At each ATS stage (blocks `ats_stages_for(depth)`: 2..5 of the digits ViT's 6, 3..11 of DeiT's 12
-as in the paper) the sampler sits inside the block's attention, after the attention weights:
+The default reproduces the official code (adaptivetokensampling/ATS, `ats_block.py`, `vit.py`, with
+`configs/ImageNet/DeiT_S.yaml`) for each image alone. At each ATS stage (blocks
+`ats_stages_for(depth)`: 3..11 of DeiT-S's 12 as ATS_BLOCKS in that config, 2..5 of the digits
+ViT's 6) the sampler sits inside the block's attention, after the attention weights:
 
-1. significance scores of the patch tokens: the class token's attention to token j, averaged over
+1. significance scores of the patch tokens: the class token's attention to token j, summed over
    the heads, times the L2 norm of token j's value vector (all heads), normalised to sum to 1;
-2. the scores sorted in ascending order and accumulated into a CDF;
-3. K inverse-transform samples at the fixed quantiles (k + 0.5) / K, k = 0..K-1 (deterministic in
-   eval, the same in ONNX): a sample picks the token whose CDF interval contains it, so a token is
-   kept when at least one quantile falls into its interval and duplicates collapse. K is the
-   number of patch tokens available to the image at that stage (capped by `max_tokens`), so the
-   kept count depends on the input: concentrated attention keeps few tokens, uniform attention
-   keeps them all;
-4. the kept tokens' attention outputs (and residuals) go on through the projection and the MLP,
-   the others are dropped for the rest of the network. The class token always stays.
+2. the scores in ascending order, accumulated into a CDF, min-max normalised to [0, 1];
+3. K fixed sample points, evenly spaced from the smallest non-zero normalised CDF value to 1
+   (K = `num_tokens` - 1, 196 for DeiT-S, the official `n_ref_tokens - 1`; `max_tokens` changes
+   it): each picks the token whose normalised CDF value is nearest, and duplicates collapse, so the
+   kept count depends on the input (concentrated attention keeps few tokens);
+4. the kept tokens' attention rows and residuals go on through the projection and the MLP, in
+   ascending score order after the class token (the official DROP_TOKENS compaction); the others
+   are dropped for the rest of the network. The class token always stays.
+
+Every block attends as the official `softmax_with_policy`. The arithmetic is in
+`edgeattack.sparsity.ats_sampling`, whose "quantile" sampler (`sampler="quantile"`) is edgeattack's
+earlier one: quantiles (k + 0.5) / K of the unnormalised CDF, K the available tokens.
+
+The official code is batch dependent (with DROP_TOKENS an image is zero-padded to the batch's
+longest, and the padding enters its CDF as zero scores and its softmax's eps / N); this class
+computes every image as the official code does at batch 1, whatever the batch. Its NUM_TOKENS
+config only bounds it (it fails when a block gets more tokens than its entry), so it changes no
+sample. Official checkpoints ({'epoch', 'model_state', 'optimizer_state', 'cfg'}) load through
+`adapt_checkpoint` (`edgeattack.sparsity.ats_checkpoint`).
 
 `counts[:, b]` of an ATS block is the tokens it keeps (those its projection and MLP process); its
-qkv projection and attention keys run on the tokens that entered it
-(`edgeattack.metrics.tokens.gflops_from_counts(..., sampled_in_attention=True)`).
-
-Sorting is done with an (N, N) comparison (ties broken by position) instead of a sort, and the
-quantile hits with `floor(K * cdf + 1/2)`, so torch and ONNX Runtime keep the same tokens.
+qkv and attention keys run on those that entered it (`gflops_from_counts(..., sampled_in_attention=True)`).
 
 `usage(x)`, the DeSparsify surrogate, is per stage the expected number of distinct tokens that K
 independent draws from the scores hit, `1 + sum_j (1 - exp(-K p_j))` (class token included), over
@@ -42,14 +50,23 @@ import numpy as np
 from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
 from edgeattack.errors import ConfigError, EdgeAttackError
+from edgeattack.sparsity.ats_sampling import (
+    attention_output,
+    attention_weights,
+    check_sampler,
+    expected_distinct,
+    nearest_cdf_keep,
+    official_block,
+    quantile_keep,
+    sample_points,
+    score_order,
+    significance_scores,
+)
 from edgeattack.sparsity.base import (
     TokenSparseViT,
     apply_token_cap,
-    attend,
     compaction_order,
     gather_tokens,
-    key_bias,
-    masked_block,
     original_tokens,
     split_qkv,
     stages_cap,
@@ -63,14 +80,7 @@ logger = logging.getLogger(__name__)
 torch = require("torch", feature="ATS")
 nn = torch.nn
 
-__all__ = [
-    "ATS",
-    "ats_keep",
-    "ats_stages_for",
-    "build_ats",
-    "compress_ats",
-    "significance_scores",
-]
+__all__ = ["ATS", "ats_stages_for", "build_ats", "compress_ats"]
 
 DIGITS_BASE = "vit_tiny_digits"
 """The trained ViT whose shipped weights `ats_tiny_digits` uses (ATS has no weights of its own)."""
@@ -90,47 +100,13 @@ def _check_stages(stages: Sequence[int], depth: int) -> tuple[int, ...]:
     return values
 
 
-def significance_scores(cls_attention: Any, values: Any) -> Any:
-    """(B, N-1) normalised ATS scores of the patch tokens.
-
-    `cls_attention` (B, H, N): the class token's attention weights (0 for padded / dropped keys);
-    `values` (B, H, N, d): the value vectors. Score_j = mean_h A[h, 0, j] * ||V_j|| (V_j over all heads).
-    """
-    batch, heads, tokens, dim = values.shape
-    value_norm = values.transpose(1, 2).reshape(batch, tokens, heads * dim).norm(dim=-1)
-    score = (cls_attention.mean(dim=1) * value_norm)[:, 1:].float()  # the CDF in float32, also for fp16 models
-    return score / score.sum(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def ats_keep(scores: Any, samples: Any) -> Any:
-    """(B, M) bool: the tokens that `samples` (B, 1) evenly spaced quantiles pick from `scores` (B, M).
-
-    Scores are sorted ascending (ties by position); token j owns the CDF interval
-    (C_j - p_j, C_j]; the quantiles are (k + 0.5) / K. The number of quantiles at or below c is
-    floor(K c + 1/2), so token j is hit when that number grows across its interval. Tokens with a
-    zero score (padding, dropped tokens) own an empty interval and are never kept.
-    """
-    p_i, p_j = scores.unsqueeze(2), scores.unsqueeze(1)  # i: the token compared, j: the token placed
-    index = torch.arange(scores.shape[1], device=scores.device)
-    not_after = (index.unsqueeze(1) <= index.unsqueeze(0)).unsqueeze(0)
-    at_or_before = (p_i < p_j) | ((p_i == p_j) & not_after)
-    upper = (p_i * at_or_before.to(scores.dtype)).sum(dim=1)  # C_j
-    lower = upper - scores
-    k = samples.to(scores.dtype)
-    return torch.floor(k * upper + 0.5) > torch.floor(k * lower + 0.5)
-
-
-def expected_distinct(scores: Any, samples: Any, valid: Any) -> Any:
-    """(B,) expected distinct tokens hit by `samples` independent draws from `scores`: sum_j 1 - exp(-K p_j)."""
-    hit = 1.0 - torch.exp(-samples.to(scores.dtype) * scores)
-    return (hit * valid.to(scores.dtype)).sum(dim=1)
-
-
 class ATS(TokenSparseViT):
     """A timm ViT with Adaptive Token Sampling; see the module docstring. Build with `from_vit`.
 
-    `stages`: blocks with a sampler (default `ats_stages_for(depth)`); `max_tokens`: the most
-    samples K per stage (an int for all stages or one per stage; default: every available token);
+    `stages`: blocks with a sampler (default `ats_stages_for(depth)`; an official checkpoint's
+    ATS_BLOCKS when it has them and `stages` is not given); `max_tokens`: the sample points K per
+    stage (an int for all stages or one per stage; default `num_tokens - 1` for the official
+    sampler, the available tokens for "quantile"); `sampler`: "official" or "quantile";
     `token_cap`: the defence of the token-sparse contract (`edgeattack.sparsity.base`), enforced at
     the stages by keeping the highest-scoring tokens; `drop_mode`: "physical" or "masked".
     """
@@ -144,12 +120,21 @@ class ATS(TokenSparseViT):
         *,
         stages: Sequence[int] | None = None,
         max_tokens: int | Sequence[int] | None = None,
+        sampler: str = "official",
         token_cap: int | Sequence[int] | None = None,
         drop_mode: str = "physical",
     ) -> None:
         """Take over the modules of timm VisionTransformer `net` (not copied: use `from_vit` to copy)."""
         super().__init__(net, token_cap=token_cap, drop_mode=drop_mode)
-        self.stages = ats_stages_for(self.depth) if stages is None else _check_stages(stages, self.depth)
+        self.sampler = check_sampler(sampler)
+        self.stages_given = stages is not None
+        self._max_tokens_option = max_tokens
+        self.set_stages(ats_stages_for(self.depth) if stages is None else stages)
+
+    def set_stages(self, stages: Sequence[int]) -> None:
+        """Put the samplers in blocks `stages` (with the `max_tokens` given at construction)."""
+        self.stages = _check_stages(stages, self.depth)
+        max_tokens = self._max_tokens_option
         if max_tokens is None or isinstance(max_tokens, int):
             limits: Sequence[int | None] = [max_tokens] * len(self.stages)
         else:
@@ -158,8 +143,11 @@ class ATS(TokenSparseViT):
             raise ConfigError(
                 f"max_tokens must be a positive int or one per stage ({len(self.stages)}), got {max_tokens!r}"
             )
+        if self.sampler == "official":
+            limits = [self.num_tokens - 1 if m is None else m for m in limits]
         self.max_tokens: tuple[int | None, ...] = tuple(None if m is None else int(m) for m in limits)
         self._samples = dict(zip(self.stages, self.max_tokens, strict=True))
+        self._points = {s: sample_points(k) for s, k in self._samples.items() if self.sampler == "official" and k}
         self._caps = stages_cap(self.token_cap, self.stages, self.depth, self.num_tokens)
 
     def _token_cap_changed(self) -> None:
@@ -169,6 +157,12 @@ class ATS(TokenSparseViT):
     def from_vit(cls, net: Any, **kwargs: Any) -> ATS:
         """An ATS on a copy of `net`'s modules (the ViT stays untouched); see the class for `kwargs`."""
         return cls(copy.deepcopy(net), **kwargs)
+
+    def adapt_checkpoint(self, checkpoint: Any) -> dict[str, Any]:
+        """The state dict of an official ATS checkpoint (or a DeiT / edgeattack one) in this net's names."""
+        from edgeattack.sparsity.ats_checkpoint import adapt_state
+
+        return adapt_state(self, checkpoint)
 
     # -- the contract ----------------------------------------------------------------------------
     def forward_counts(self, x: Any) -> tuple[Any, Any]:
@@ -209,7 +203,7 @@ class ATS(TokenSparseViT):
                 if soft:
                     current = expected / self.num_tokens
             else:
-                x = masked_block(block, x, key_mask)
+                x = official_block(block, x, key_mask)
             counts.append(token_counts(key_mask))
             usage.append(current)
             if trace is not None:
@@ -217,50 +211,59 @@ class ATS(TokenSparseViT):
         logits = self.classify(x)
         return logits, torch.stack(counts, dim=1), torch.stack(usage, dim=1) if soft else None
 
+    def _keep(self, index: int, scores: Any, valid: Any, order: Any, rank: Any) -> tuple[Any, Any]:
+        """(keep (B, N-1) bool in token order, the samples K (B, 1)) of the stage in block `index`."""
+        limit = self._samples[index]
+        if self.sampler == "official":
+            points = self._points[index].to(device=scores.device)
+            kept = nearest_cdf_keep(gather_tokens(scores, order), gather_tokens(valid, order), points)
+            samples = torch.full_like(rank[:, :1], points.shape[1])
+            return gather_tokens(kept, rank), samples
+        samples = valid.to(torch.int64).sum(dim=1, keepdim=True)
+        if limit is not None:
+            samples = samples.clamp(max=limit)
+        return quantile_keep(scores, samples) & valid, samples
+
     def _sample_block(
         self, index: int, block: Any, x: Any, key_mask: Any, *, physical: bool, soft: bool
     ) -> tuple[Any, Any, Any, Any]:
         """Block `index` with its sampler: (tokens out, their key mask, expected tokens or None, the
-        `compaction_order` applied, None when masked)."""
+        order of the tokens kept, None when masked)."""
         attn = block.attn
-        h = block.norm1(x)
-        q, k, v = split_qkv(attn, h)
-        bias = key_bias(key_mask, q.dtype)
-        cls_attention = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1)[:, :, 0]
-        scores = significance_scores(cls_attention, v)
+        q, k, v = split_qkv(attn, block.norm1(x))
         valid = key_mask[:, 1:]
-        samples = valid.to(torch.int64).sum(dim=1, keepdim=True)
-        limit = self._samples[index]
-        if limit is not None:
-            samples = samples.clamp(max=limit)
-        keep = ats_keep(scores, samples) & valid
+        scores = significance_scores(attention_weights(q[:, :, :1], k, key_mask, attn.scale)[:, :, 0], v, valid)
+        rank, order = score_order(scores, valid)
+        keep, samples = self._keep(index, scores, valid, order, rank)
         cap = self._caps[index]
         if cap is not None:
             keep = apply_token_cap(keep, scores, cap - 1)
-        keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
-        expected = order = None
+        expected = None
         if soft:
             expected = 1.0 + expected_distinct(scores, samples, valid)
             if cap is not None:
                 expected = expected.clamp(max=float(cap))
-        if physical:
-            order, new_mask = compaction_order(keep)
-            kept = gather_tokens(h, order)
-            out = attend(attn, gather_tokens(q, order, dim=2), k, v, bias, gate_input=kept)
-            x = gather_tokens(x, order) + block.drop_path1(block.ls1(out))
+        if physical:  # class token, then the kept tokens in ascending score order (the official compaction)
+            first = torch.ones_like(keep[:, :1])
+            slots, new_mask = compaction_order(torch.cat([first, gather_tokens(keep, order)], dim=1))
+            tokens = gather_tokens(torch.cat([torch.zeros_like(order[:, :1]), order + 1], dim=1), slots)
+            weights = attention_weights(gather_tokens(q, tokens, dim=2), k, key_mask, attn.scale)  # the kept rows
+            x = gather_tokens(x, tokens) + block.drop_path1(block.ls1(attention_output(attn, weights, v)))
         else:
-            x = x + block.drop_path1(block.ls1(attend(attn, q, k, v, bias, gate_input=h)))
-            new_mask = key_mask & keep
+            weights = attention_weights(q, k, key_mask, attn.scale)
+            x = x + block.drop_path1(block.ls1(attention_output(attn, weights, v)))
+            new_mask = key_mask & torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
+            tokens = None
         x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-        return x, new_mask, expected, order
+        return x, new_mask, expected, tokens
 
     def extra_repr(self) -> str:
         limits = "all" if all(m is None for m in self.max_tokens) else list(self.max_tokens)
-        return f"{super().extra_repr()}, stages={list(self.stages)}, max_tokens={limits}"
+        return f"{super().extra_repr()}, sampler={self.sampler!r}, stages={list(self.stages)}, max_tokens={limits}"
 
 
 # -- zoo builder ---------------------------------------------------------------------------------
-_ATS_KWARGS = ("stages", "max_tokens", "token_cap", "drop_mode")
+_ATS_KWARGS = ("stages", "max_tokens", "sampler", "token_cap", "drop_mode")
 
 
 def _base_name(name: str) -> str:
@@ -295,7 +298,7 @@ def build_ats(name: str, config: ModelConfig, *, pretrained: bool = False, **kwa
     `ats_tiny_digits` runs on vit_tiny_digits' shipped weights as they are (no training, no file of
     its own; a --checkpoint replaces them). Other names build their timm ViT (`ats_deit_small_...`
     -> `deit_small_...`) with random weights, timm's with `pretrained=True`. `stages`,
-    `max_tokens`, `token_cap` and `drop_mode` go to `ATS`; other keyword arguments to the ViT.
+    `max_tokens`, `sampler`, `token_cap` and `drop_mode` go to `ATS`; the rest to the ViT.
     """
     options = {key: kwargs.pop(key) for key in _ATS_KWARGS if key in kwargs}
     base = _base_name(name)
@@ -347,7 +350,7 @@ def compress_ats(
 ) -> tuple[Any, dict[str, Any]]:
     """ATS on `teacher`'s ViT, no training (ATS is parameter-free): (ZooModel, report).
 
-    Parameters: `stages`, `max_tokens`, `token_cap`, `drop_mode`, `name` (default: the zoo name,
+    Parameters: `stages`, `max_tokens`, `sampler`, `token_cap`, `drop_mode`, `name` (default: the zoo name,
     `vit_tiny_digits` -> `ats_tiny_digits`); `seed` is accepted and unused. The report has the
     clean accuracy, mean TUR and GFLOPs of the ATS model and the teacher's accuracy on `val` (on
     `train` when there is no `val`).
@@ -378,6 +381,7 @@ def compress_ats(
         "trained": False,
         "stages": list(net.stages),
         "max_tokens": list(net.max_tokens),
+        "sampler": net.sampler,
         "token_cap": None if net.token_cap is None else list(net.token_cap),
         "drop_mode": net.drop_mode,
         "eval_split": split.spec,
