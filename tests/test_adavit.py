@@ -1,7 +1,8 @@
 """AdaViT: per-image token counts, physical == masked, batch independence, caps, usage, ONNX, training, errors.
 
 Most tests use a tiny ViT (16x16 images, patch 4 -> 17 tokens, width 32, depth 4) with decision
-networks scaled up so that the random policies keep and drop a good share of tokens.
+networks scaled up so that the random policies keep and drop a good share of tokens. The official
+mechanism itself is checked against the official code in test_official_adavit.py.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ def tiny_adavit(seed: int = 0, **kwargs) -> AdaViT:
         for decide in net.decisions:
             decide.token.weight.normal_(0.0, 1.0)
             decide.token.bias.zero_()
-            if decide.block is not None:
-                decide.block.weight.normal_(0.0, 0.3)
-                decide.block.bias.fill_(1.0)
+            if decide.gates is not None:
+                decide.gates.weight.normal_(0.0, 0.3)
+                decide.gates.bias.fill_(1.0)
             if decide.head is not None:
                 decide.head.weight.normal_(0.0, 1.0)
     return net
@@ -78,13 +79,13 @@ def test_counts_vary_with_the_input_and_keep_the_class_token(net, inputs):
         logits, counts = net.forward_counts(inputs)
     assert logits.shape == (8, 10) and counts.dtype == torch.int64 and counts.shape == (8, 4)
     assert counts.max() <= 17 and len({tuple(row) for row in counts.tolist()}) > 1
-    assert counts[:, 0].min() >= 1  # block 0 has no block policy: the class token is always there
+    assert counts[:, 0].min() >= 1  # block 0 has no layer policy: the class token is always there
     never = tiny_adavit(init_bias=0.0)
     with torch.no_grad():
         for decide in never.decisions:
             decide.token.bias.fill_(-1e4)
-            if decide.block is not None:
-                decide.block.bias.fill_(1e4)
+            if decide.gates is not None:
+                decide.gates.bias.fill_(1e4)
         assert never.forward_counts(inputs)[1].eq(1).all()  # every patch dropped, the class token kept
 
 
@@ -117,11 +118,82 @@ def test_physical_mode_shrinks_the_blocks_at_batch_one(net, inputs):
 def test_skipped_block_processes_no_tokens_and_leaves_tokens_unchanged(inputs):
     net = tiny_adavit()
     with torch.no_grad():
-        net.decisions[2].block.bias.fill_(-1e4)
+        net.decisions[2].gates.bias.fill_(-1e4)
         logits, counts = net.forward_counts(inputs)
         assert counts[:, 2].eq(0).all()
         net.drop_mode = "masked"
         torch.testing.assert_close(net.forward_counts(inputs)[0], logits, atol=1e-4, rtol=1e-4)
+
+
+def test_patches_are_used_above_sigmoid_0_6_and_above_logit_0_in_v1(inputs):
+    for variant, kept in (("official", 1), ("edgeattack-v1", 17)):
+        net = tiny_adavit(variant=variant)
+        with torch.no_grad():
+            for decide in net.decisions:
+                decide.token.weight.zero_()
+                decide.token.bias.fill_(0.3)  # sigmoid 0.574
+                if decide.gates is not None:
+                    decide.gates.bias.fill_(1e4)
+            assert net.forward_counts(inputs)[1].eq(kept).all(), variant
+
+
+@pytest.mark.parametrize("off", [0, 1], ids=["attention-off", "mlp-off"])
+def test_attention_and_mlp_are_skipped_separately(off, inputs):
+    net = tiny_adavit()
+    with torch.no_grad():
+        for decide in net.decisions[1:]:
+            decide.gates.weight.zero_()
+            decide.gates.bias.copy_(torch.tensor([-1e4, 1e4]) if off == 0 else torch.tensor([1e4, -1e4]))
+        logits, counts = net.forward_counts(inputs)
+        assert counts[:, 1:].min() >= 1  # one of its layers runs: the block processes its tokens
+        skipped = [b.attn.qkv for b in net.blocks[1:]] if off == 0 else [b.mlp.fc2 for b in net.blocks[1:]]
+        used = [b.mlp.fc2 for b in net.blocks[1:]] if off == 0 else [b.attn.qkv for b in net.blocks[1:]]
+        for layer in skipped:
+            layer.weight.normal_()
+        torch.testing.assert_close(net.forward_counts(inputs)[0], logits)
+        for layer in used:
+            layer.weight.normal_()
+        assert not torch.allclose(net.forward_counts(inputs)[0], logits)
+
+
+def test_unused_heads_also_mask_the_mlp_input(inputs):
+    for variant in ("official", "edgeattack-v1"):
+        net = tiny_adavit(variant=variant)
+        seen: list[torch.Tensor] = []
+        with torch.no_grad():
+            for decide in net.decisions[1:]:
+                decide.head.weight.zero_()
+                decide.head.bias.copy_(torch.tensor([5.0, -5.0]))  # head 0 used, head 1 not
+            hooks = [b.mlp.fc1.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0])) for b in net.blocks]
+            net.forward_counts(inputs)
+        for hook in hooks:
+            hook.remove()
+        assert seen[0][..., 16:].ne(0).any()  # block 0 has no head policy
+        for z in seen[1:]:
+            assert z[..., :16].ne(0).any() and bool(z[..., 16:].eq(0).all()) == (variant == "official")
+
+
+def test_official_names_convert_to_the_nets_own(inputs):
+    from edgeattack.sparsity.adavit_checkpoint import from_official, is_official_state
+
+    net = tiny_adavit()
+    own = net.state_dict()
+    official = {}
+    for key, value in own.items():
+        if key.endswith((".attn.qkv.weight", ".attn.qkv.bias")):
+            for name, part in zip(("query", "key", "value"), value.chunk(3), strict=True):
+                official[key.replace(".qkv.", f".{name}.")] = part
+        elif key.startswith("decisions."):
+            _, block, kind, what = key.split(".")
+            where = {"token": "attn.token_select", "head": "head_select", "layer": "layer_select"}[kind]
+            official[f"blocks.{block}.{where}.mlp_head.{what}"] = value
+        else:
+            official[key] = value
+    assert is_official_state(official) and not is_official_state(own)
+    converted = from_official(official)
+    assert set(converted) == set(own) and all(torch.equal(converted[k], own[k]) for k in own)
+    del official["blocks.1.head_select.mlp_head.bias"]  # trained with --no-head-select-bias
+    assert from_official(official)["decisions.1.head.bias"].eq(0).all()
 
 
 def test_token_cap_keeps_the_most_likely_tokens(inputs):
@@ -157,9 +229,12 @@ def test_training_mode_returns_straight_through_decisions(inputs):
     net = tiny_adavit().train()
     out = net(inputs)
     assert isinstance(out, AdaViTOutput)
-    assert out.token_keep.shape == (8, 4, 16) and out.head_keep.shape == (8, 3, 2) and out.block_keep.shape == (8, 3)
-    (out.logits.sum() + out.token_keep.mean() + out.head_keep.mean() + out.block_keep.mean()).backward()
-    assert net.decisions[1].token.weight.grad is not None and net.decisions[1].block.weight.grad is not None
+    assert out.token_keep.shape == (8, 4, 16) and out.head_keep.shape == (8, 3, 2) and out.layer_keep.shape == (8, 3, 2)
+    (out.logits.sum() + out.token_keep.mean() + out.head_keep.mean() + out.layer_keep.mean()).backward()
+    for decide in net.decisions[1:]:
+        assert all(float(layer.weight.grad.abs().sum()) > 0 for layer in (decide.token, decide.head, decide.gates))
+    old = tiny_adavit(variant="edgeattack-v1").train()
+    assert old(inputs).layer_keep.shape == (8, 3, 1)
 
 
 # -- ONNX ----------------------------------------------------------------------------------------
@@ -202,7 +277,7 @@ def test_onnx_export_of_the_shipped_model_matches_torch(test_set):
 def test_onnx_handles_a_block_every_image_skips(inputs):
     net = tiny_adavit()
     with torch.no_grad():
-        net.decisions[1].block.bias.fill_(-1e4)
+        net.decisions[1].gates.bias.fill_(-1e4)
         logits, counts = net.forward_counts(inputs)
     ort_logits, ort_counts = _ort(net, inputs[:2]).run(None, {"x": inputs.numpy()})
     assert np.array_equal(ort_counts, counts.numpy()) and counts[:, 1].eq(0).all()
@@ -236,7 +311,7 @@ def test_a_short_training_run_has_finite_losses():
     )
     assert model.model_name == "adavit_tiny_test" and not model.training and report.steps == 2
     assert all(np.isfinite(v) for v in report.losses[0].values()) and 0 <= report.val_tur[0] <= 1
-    assert set(report.train_usage[0]) == {"token", "head", "block"}
+    assert set(report.train_usage[0]) == {"token", "head", "layer"}
 
 
 def test_non_finite_loss_raises_training_diverged():
