@@ -31,10 +31,9 @@ import numpy as np
 
 from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
-from edgeattack.errors import ConfigError, DataError
+from edgeattack.errors import ConfigError
 from edgeattack.sparsity.adavit import AdaViT, AdaViTOutput
-from edgeattack.sparsity.dynamicvit_train import train_and_report
-from edgeattack.training.loop import LoopConfig
+from edgeattack.sparsity.token_trainer import EpochCallback, TokenSparseTrainer
 from edgeattack.zoo.factory import ZooModel
 from edgeattack.zoo.train import evaluate_accuracy
 
@@ -159,6 +158,85 @@ def token_utilisation(model: Any, dataset: ImageDataset, batch_size: int = 128) 
     return np.concatenate(out) if out else np.zeros(0)
 
 
+class AdaViTTrainer(TokenSparseTrainer):
+    """AdaViT's usage and distillation losses on the shared token-sparse trainer.
+
+    The decision networks learn at `lr`, the backbone at `lr · backbone_lr_scale`; the Gumbel noise
+    is annealed from 1 to `final_noise` over the epochs and reset to 1 afterwards.
+    """
+
+    family = "adavit"
+    net_type = AdaViT
+    loss_names = LOSS_TERMS
+
+    def __init__(
+        self,
+        teacher: ZooModel,
+        config: AdaViTTrainConfig,
+        *,
+        keep_layers: int = 1,
+        variant: str = "official",
+        on_epoch: EpochCallback | None = None,
+    ) -> None:
+        super().__init__(teacher, config, on_epoch=on_epoch)
+        self.keep_layers = keep_layers
+        self.variant = variant
+
+    def build_net(self, name: str) -> AdaViT:
+        return AdaViT.from_vit(self.teacher.net, variant=self.variant, keep_layers=self.keep_layers, tau=self.config.tau)
+
+    def new_report(self, student: ZooModel) -> AdaViTTrainReport:
+        self.net = student.net
+        return AdaViTTrainReport(
+            name=student.model_name,
+            epochs=self.config.epochs,
+            targets={what: getattr(self.config, f"{what}_target") for what in USAGES},
+        )
+
+    def optimizer(self, student: ZooModel) -> Callable[[], Any]:
+        decision_params = list(student.net.decisions.parameters())
+        decision_ids = {id(p) for p in decision_params}
+        backbone_params = [p for p in student.parameters() if id(p) not in decision_ids]
+        groups = [{"params": decision_params, "lr": self.config.lr}]
+        if self.config.backbone_lr_scale > 0:
+            groups.append({"params": backbone_params, "lr": self.config.lr * self.config.backbone_lr_scale})
+        else:
+            for p in backbone_params:
+                p.requires_grad_(False)
+        return lambda: torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
+
+    def before_epoch(self, epoch: int) -> None:
+        config = self.config
+        self.net.noise = 1.0 + (config.final_noise - 1.0) * epoch / max(config.epochs - 1, 1)
+
+    def finish(self, student: ZooModel) -> None:
+        student.net.noise = 1.0
+
+    def step(self, model: Any, x: Any, y: Any) -> tuple[Any, dict[str, Any]]:
+        t_logits = None
+        if self.config.distill_weight > 0:
+            with torch.no_grad():
+                t_logits = self.teacher(x)
+        out = model(x)
+        terms = adavit_loss(out, y, t_logits, self.config)
+        used = {
+            f"used_{what}": decisions.detach().mean()
+            for what, decisions in zip(USAGES, (out.token_keep, out.head_keep, out.layer_keep), strict=True)
+            if decisions is not None
+        }
+        return terms.pop("loss"), {**terms, **used}
+
+    def record(self, report: Any, means: dict[str, float], validation: dict[str, float] | None) -> None:
+        report.losses.append({k: means[k] for k in LOSS_TERMS})
+        report.train_usage.append({what: means.get(f"used_{what}", 0.0) for what in USAGES})
+        if validation is not None:
+            report.val_acc.append(validation["acc"])
+            report.val_tur.append(validation["tur"])
+
+    def validate(self, model: Any, val: ImageDataset) -> dict[str, float]:
+        return {"acc": evaluate_accuracy(model, val), "tur": float(token_utilisation(model, val).mean())}
+
+
 def train_adavit(
     teacher: ZooModel,
     train: ImageDataset,
@@ -172,7 +250,7 @@ def train_adavit(
     student: ZooModel | None = None,
     keep_layers: int = 1,
     variant: str = "official",
-    on_epoch: Callable[[int, dict[str, float], float | None], None] | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> tuple[ZooModel, AdaViTTrainReport]:
     """Fine-tune an AdaViT from `teacher` (a timm-ViT ZooModel); returns it in eval mode and the report.
 
@@ -182,106 +260,8 @@ def train_adavit(
     config = config or AdaViTTrainConfig()
     overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("token_target", token_target)) if v is not None}
     config = dataclasses.replace(config, **overrides)
-    if student is None:
-        net = AdaViT.from_vit(teacher.net, variant=variant, keep_layers=keep_layers, tau=config.tau)
-        student = ZooModel(net, dataclasses.replace(teacher.config, family="adavit"), name or adavit_name(teacher))
-    elif not isinstance(student.net, AdaViT):
-        raise ConfigError(f"student {student.model_name} does not wrap an AdaViT")
-    _check_fit(teacher, student, train, val)
-    net: AdaViT = student.net
-    report = AdaViTTrainReport(
-        name=student.model_name,
-        epochs=config.epochs,
-        targets={what: getattr(config, f"{what}_target") for what in USAGES},
-    )
-    if val is not None:
-        report.teacher_val_acc = evaluate_accuracy(teacher, val)
-
-    decision_params = list(net.decisions.parameters())
-    decision_ids = {id(p) for p in decision_params}
-    backbone_params = [p for p in student.parameters() if id(p) not in decision_ids]
-    groups = [{"params": decision_params, "lr": config.lr}]
-    if config.backbone_lr_scale > 0:
-        groups.append({"params": backbone_params, "lr": config.lr * config.backbone_lr_scale})
-    else:
-        for p in backbone_params:
-            p.requires_grad_(False)
-
-    def before_epoch(epoch: int) -> None:
-        net.noise = 1.0 + (config.final_noise - 1.0) * epoch / max(config.epochs - 1, 1)
-
-    def step(model: Any, x: Any, y: Any) -> tuple[Any, dict[str, Any]]:
-        t_logits = None
-        if config.distill_weight > 0:
-            with torch.no_grad():
-                t_logits = teacher(x)
-        out = model(x)
-        terms = adavit_loss(out, y, t_logits, config)
-        used = {
-            f"used_{what}": decisions.detach().mean()
-            for what, decisions in zip(USAGES, (out.token_keep, out.head_keep, out.layer_keep), strict=True)
-            if decisions is not None
-        }
-        return terms.pop("loss"), {**terms, **used}
-
-    def record(means: dict[str, float], figures: dict[str, float] | None) -> None:
-        report.losses.append({k: means[k] for k in LOSS_TERMS})
-        report.train_usage.append({what: means.get(f"used_{what}", 0.0) for what in USAGES})
-        if figures is not None:
-            report.val_acc.append(figures["acc"])
-            report.val_tur.append(figures["tur"])
-
-    def validate(model: Any) -> dict[str, float]:
-        return {"acc": evaluate_accuracy(model, val), "tur": float(token_utilisation(model, val).mean())}
-
-    def progress(epoch: int, means: dict[str, float], figures: dict[str, float] | None) -> None:
-        losses = {k: means[k] for k in LOSS_TERMS}
-        usage = {what: means.get(f"used_{what}", 0.0) for what in USAGES}
-        acc, tur = (None, None) if figures is None else (figures["acc"], figures["tur"])
-        logger.info(
-            "%s epoch %d: %s usage=%s val_acc=%s val_tur=%s", student.model_name, epoch + 1, losses, usage, acc, tur
-        )
-        if on_epoch is not None:
-            on_epoch(epoch, losses, acc)
-
-    try:
-        return train_and_report(
-            student,
-            train,
-            step,
-            lambda: torch.optim.AdamW(groups, weight_decay=config.weight_decay),
-            LoopConfig.of(config, check_finite=True),
-            report=report,
-            record=record,
-            names=LOSS_TERMS,
-            frozen=(teacher,),
-            validate=None if val is None else validate,
-            before_epoch=before_epoch,
-            on_epoch=progress,
-        )
-    finally:
-        net.noise = 1.0
-
-
-def adavit_name(teacher: ZooModel) -> str:
-    """vit_tiny_digits -> adavit_tiny_digits; deit_small_patch16_224 -> adavit_deit_small_patch16_224."""
-    return "adavit_" + teacher.model_name.removeprefix("vit_")
-
-
-def _check_fit(teacher: ZooModel, student: ZooModel, train: ImageDataset, val: ImageDataset | None) -> None:
-    problems = []
-    if tuple(teacher.config.input_size) != tuple(student.config.input_size):
-        problems.append(f"input size {teacher.config.input_size} vs {student.config.input_size}")
-    if teacher.config.num_classes != student.config.num_classes:
-        problems.append(f"{teacher.config.num_classes} vs {student.config.num_classes} classes")
-    if problems:
-        raise ConfigError(f"teacher {teacher.model_name} does not fit {student.model_name}: " + "; ".join(problems))
-    for split in (train, val):
-        if split is not None and split.input_shape != tuple(teacher.config.input_size):
-            raise DataError(
-                f"{split.name}:{split.split} has images of shape {split.input_shape}, "
-                f"{teacher.model_name} takes {tuple(teacher.config.input_size)}"
-            )
+    trainer = AdaViTTrainer(teacher, config, keep_layers=keep_layers, variant=variant, on_epoch=on_epoch)
+    return trainer.fit(train, val, student=student, name=name)
 
 
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(AdaViTTrainConfig))

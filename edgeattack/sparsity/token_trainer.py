@@ -16,7 +16,8 @@ A mechanism subclasses it with its `family`, `net_type` and `loss_names`, and im
 - `record(report, means, validation)`: copy one epoch's means and validation figures into the report;
 
 and may override `optimizer` (default AdamW over the trainable parameters at `config.lr` and
-`config.weight_decay`), `validate` (default: accuracy), `check_student` and `default_name`.
+`config.weight_decay`), `validate` (default: accuracy), `before_epoch` (e.g. a noise schedule),
+`finish` (undo it, also after a failure), `check_student` and `default_name`.
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ class TokenSparseTrainer:
         """Validation figures of one epoch (rank 0): top-1 accuracy under "acc"."""
         return {"acc": evaluate_accuracy(model, val)}
 
+    def before_epoch(self, epoch: int) -> None:
+        """Called before each epoch (0-based): schedules that live in the model."""
+
+    def finish(self, student: ZooModel) -> None:
+        """Called when training ends, normally or not: undo what `before_epoch` set."""
+
     # -- the shared work -----------------------------------------------------------------------------
     def student(self, student: ZooModel | None = None, name: str | None = None) -> ZooModel:
         """`student` checked, or a new one built from the teacher (named `name` or `default_name()`)."""
@@ -110,19 +117,23 @@ class TokenSparseTrainer:
         report = self.new_report(model)
         if val is not None:
             report.teacher_val_acc = evaluate_accuracy(self.teacher, val)
-        return train_and_report(
-            model,
-            train,
-            self.step,
-            self.optimizer(model),
-            LoopConfig.of(self.config, check_finite=True),
-            report=report,
-            record=lambda means, figures: self.record(report, means, figures),
-            names=self.loss_names,
-            frozen=(self.teacher,),
-            validate=None if val is None else (lambda net: self.validate(net, val)),
-            on_epoch=lambda epoch, means, figures: self._progress(model, epoch, means, figures),
-        )
+        try:
+            return train_and_report(
+                model,
+                train,
+                self.step,
+                self.optimizer(model),
+                LoopConfig.of(self.config, check_finite=True),
+                report=report,
+                record=lambda means, figures: self.record(report, means, figures),
+                names=self.loss_names,
+                frozen=(self.teacher,),
+                validate=None if val is None else (lambda net: self.validate(net, val)),
+                before_epoch=self.before_epoch,
+                on_epoch=lambda epoch, means, figures: self._progress(model, epoch, means, figures),
+            )
+        finally:
+            self.finish(model)
 
     def _progress(self, student: ZooModel, epoch: int, means: dict[str, float], figures: dict[str, float] | None) -> None:
         losses = {k: means[k] for k in self.loss_names}
