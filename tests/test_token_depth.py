@@ -53,6 +53,9 @@ def _check_exact(model, images: np.ndarray) -> None:
     assert depths.min() >= 0 and depths.max() <= DEPTH
     if model.net.mechanism == "adavit":  # a skipped block processes no token, not even the class token
         np.testing.assert_array_equal(masks[:, :, 0], counts > 0)
+    elif model.net.mechanism == "avit":  # the class token halts too (NVlabs' mechanism): it runs a prefix of the blocks
+        cls = masks[:, :, 0]
+        assert cls[:, 0].all() and (cls[:, 1:] <= cls[:, :-1]).all()
     else:  # the class token is in every block
         assert masks[:, :, 0].all()
         np.testing.assert_array_equal(depths.sum(axis=1) + DEPTH, counts.sum(axis=1))

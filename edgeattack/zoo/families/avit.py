@@ -1,7 +1,10 @@
-"""A-ViT adaptive token halting (Yin et al. 2022) on the digits ViT and on DeiT-S (no torch here).
+"""A-ViT adaptive token halting (Yin et al. 2022) on the digits ViT, DeiT-Ti and DeiT-S (no torch here).
 
-Tokens halt when their cumulative halting score, read from the first embedding channel, reaches
-0.99; the class token never halts. See `edgeattack.sparsity.avit`.
+NVlabs/A-ViT's mechanism: every token, the class token included, halts once its cumulative halting
+score (channel 0 of each block's output through sigmoid(10·x − centre)) passes 0.99, and the head
+reads the class token's halting-weighted output; `halting="keep-class"` keeps edgeattack's earlier
+variant. The DeiT names load NVlabs' checkpoint.pth as it is, the gate from its saved args. See
+`edgeattack.sparsity.avit`.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ register_model(
     "avit_deit_tiny_patch16_224",
     _TARGET,
     ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.875, interpolation="bicubic", family="avit"),
-    description="A-ViT on DeiT-Ti, gate 10/30 as in NVlabs/A-ViT (random weights; --checkpoint for trained ones)",
+    description="A-ViT on DeiT-Ti, gate 10/30 as in NVlabs/A-ViT (random weights; --checkpoint: an NVlabs/A-ViT checkpoint)",
 )
 register_model(
     "avit_deit_small_patch16_224",
     _TARGET,
     ModelConfig(input_size=(3, 224, 224), num_classes=1000, crop_pct=0.875, interpolation="bicubic", family="avit"),
-    description="A-ViT on DeiT-S, gate 10/75 as in NVlabs/A-ViT (random weights; --checkpoint for trained ones)",
+    description="A-ViT on DeiT-S, gate 10/75 as in NVlabs/A-ViT (random weights; --checkpoint: an NVlabs/A-ViT checkpoint)",
 )
