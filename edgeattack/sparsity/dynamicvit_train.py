@@ -27,8 +27,6 @@ from edgeattack.errors import ConfigError
 from edgeattack.sparsity.dynamicvit import DynamicViT, DynamicViTOutput
 from edgeattack.sparsity.schedule import check_keep_rate, dynamicvit_name
 from edgeattack.sparsity.token_trainer import EpochCallback, TokenSparseTrainer
-from edgeattack.sparsity.token_trainer import check_teacher as check_teacher
-from edgeattack.sparsity.token_trainer import train_and_report as train_and_report
 from edgeattack.zoo.factory import ZooModel
 
 logger = logging.getLogger(__name__)
