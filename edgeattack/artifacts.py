@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgeattack import __version__
+from edgeattack.artifact_breakdown import check_broken_by
 from edgeattack.artifact_shards import ShardedDeltas, ShardLayout
 from edgeattack.artifact_writer import ArtifactWriter
 from edgeattack.budget import format_eps, measured_norms, within_budget
@@ -126,7 +127,8 @@ class PerturbationArtifact:
     `delta` is an ndarray, or for a loaded schema-2 per-image artifact a lazy `ShardedDeltas`
     (indexing it reads only the shards needed). Construction checks shapes and kinds, and that an
     in-memory delta is finite; a lazy one is checked shard by shard as it is read (`validate()`
-    reads all of it).
+    reads all of it). `broken_by`: the optional per-image breakdown of a worst-case run
+    (`artifact_breakdown`; its names are `meta.params["breakers"]`).
     """
 
     delta: np.ndarray | ShardedDeltas
@@ -134,11 +136,14 @@ class PerturbationArtifact:
     indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     mask: np.ndarray | None = None
     patch: np.ndarray | None = None
+    broken_by: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.delta, ShardedDeltas):
             object.__setattr__(self, "delta", np.ascontiguousarray(self.delta, dtype=np.float32))
         object.__setattr__(self, "indices", np.asarray(self.indices, dtype=np.int64))
+        breakers = self.meta.params.get("breakers")
+        object.__setattr__(self, "broken_by", check_broken_by(self.broken_by, int(self.delta.shape[0]), breakers))
         self._validate_structure()
         if not self.lazy and not np.isfinite(self.delta).all():
             raise ArtifactError("delta holds NaN or infinite values")
@@ -304,6 +309,8 @@ class PerturbationArtifact:
                 extra = getattr(self, name)
                 if extra is not None:
                     writer._set_extra(name, extra)
+            if self.broken_by is not None:
+                writer._write_array("broken_by", self.broken_by.astype(np.int16))
             return writer.close()
 
     @classmethod
@@ -320,7 +327,7 @@ class PerturbationArtifact:
                 if "meta" not in names:
                     raise ArtifactError(f"{path} is not a perturbation artifact: no 'meta' array")
                 meta = ArtifactMeta.from_json(str(archive["meta"][()]))
-                arrays = {n: archive[n] for n in ("indices", "mask", "patch") if n in names}
+                arrays = {n: archive[n] for n in ("indices", "mask", "patch", "broken_by") if n in names}
                 if meta.schema_version >= 2 and meta.storage:
                     delta: np.ndarray | ShardedDeltas = _open_shards(path, meta)
                     if meta.kind != "per_image":
@@ -335,6 +342,7 @@ class PerturbationArtifact:
                 indices=arrays.get("indices", np.zeros(0, dtype=np.int64)),
                 mask=arrays.get("mask"),
                 patch=arrays.get("patch"),
+                broken_by=arrays.get("broken_by"),
             )
         except ArtifactError as exc:
             raise exc if str(path) in str(exc) else ArtifactError(f"{path}: {exc}") from exc

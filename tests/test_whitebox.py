@@ -105,7 +105,10 @@ def _accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
 # registry and parameters
 # --------------------------------------------------------------------------------------------------
 def test_registry_and_make_attack() -> None:
-    assert set(WHITEBOX_ATTACKS) == {"fgsm", "pgd", "pgd-l2", "mifgsm", "uap", "uap-sgd", "desparsify"}
+    assert set(WHITEBOX_ATTACKS) == {
+        "fgsm", "pgd", "pgd-l2", "mifgsm", "uap", "uap-sgd", "desparsify",
+        "apgd", "apgd-t", "fab", "fab-t", "square", "autoattack", "cw-l2", "deepfool",
+    }
     assert PGD is LinfPGD
     attack = make_attack("pgd", eps=4 / 255, steps=3)
     assert isinstance(attack, LinfPGD) and attack.steps == 3 and attack.step_size == pytest.approx(2.5 * 4 / 255 / 3)

@@ -19,7 +19,23 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from edgeattack.errors import ConfigError, did_you_mean
 
-WHITEBOX_METHODS = ("fgsm", "pgd", "pgd-l2", "mifgsm", "uap", "uap-sgd", "desparsify")
+WHITEBOX_METHODS = (
+    "fgsm",
+    "pgd",
+    "pgd-l2",
+    "mifgsm",
+    "uap",
+    "uap-sgd",
+    "desparsify",
+    "apgd",
+    "apgd-t",
+    "fab",
+    "fab-t",
+    "square",
+    "autoattack",
+    "cw-l2",
+    "deepfool",
+)
 """The white-box registry's names (`edgeattack.attacks.whitebox.WHITEBOX_ATTACKS`, which imports torch)."""
 UNIVERSAL_METHODS = ("uap", "uap-sgd")
 UNIVERSAL_DESPARSIFY = ("universal", "class-universal", "patch")

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeattack.artifact_breakdown import NOT_BROKEN, reconcile
 from edgeattack.attacks.whitebox.common import _AttackBase, row_seed
 from edgeattack.attacks.whitebox.model import AttackModel, ModelLike, Tensor, attack_mode, torch
 from edgeattack.attacks.whitebox.norms import project, quantize_within
@@ -80,6 +81,8 @@ class WhiteBoxAttack(_AttackBase):
         clean_pred = np.empty(n, dtype=np.int64)
         adv_pred = np.empty(n, dtype=np.int64)
         row_ids = prep.dataset.indices if prep.dataset is not None else np.arange(n, dtype=np.int64)
+        broken_by: np.ndarray | None = None
+        breakers: tuple[str, ...] = ()
         self._generator = torch.Generator().manual_seed(self.seed)
         with attack_mode(prep.models):
             model = AttackModel(prep.models, prep.bounds, prep.device, Precision(self.precision))
@@ -105,6 +108,9 @@ class WhiteBoxAttack(_AttackBase):
                 adv_all[begin:end] = adv.cpu().numpy()
                 clean_pred[begin:end] = clean_logits.argmax(1).cpu().numpy()
                 adv_pred[begin:end] = adv_logits.argmax(1).cpu().numpy()
+                if result.broken_by is not None:
+                    broken_by = np.full(n, NOT_BROKEN, dtype=np.int64) if broken_by is None else broken_by
+                    broken_by[begin:end], breakers = result.broken_by.cpu().numpy(), result.breakers
                 if progress is not None:
                     progress(end, n)
         # an image wrong before the attack (or already of the target class) is no success of the attack
@@ -132,6 +138,8 @@ class WhiteBoxAttack(_AttackBase):
             data_seed=ds.seed if ds is not None else None,
             indices=ds.indices.copy() if ds is not None else None,
             wall_s=time.perf_counter() - start_time,
+            broken_by=None if broken_by is None else reconcile(broken_by, prep.y, clean_pred, adv_pred),
+            breakers=breakers,
         )
         logger.info(
             "%s on %d images: clean_acc %.3f, adv_acc %.3f, success_rate %s (%.1f s)",

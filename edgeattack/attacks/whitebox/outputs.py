@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeattack.artifact_breakdown import breakdown_counts
 from edgeattack.artifacts import ArtifactMeta, PerturbationArtifact, quantize_to_grid
 from edgeattack.attacks.whitebox.model import Tensor
 from edgeattack.data.base import ImageDataset
@@ -23,13 +24,17 @@ class RunResult:
     `logits[i]` are the (ensemble) logits of `adversarial[i]` for rows where `evaluated[i]` holds,
     so the base class need not run those images again (unless clipping, projection or rounding
     changed them). `clean_logits`, when the attack computed them anyway (a first gradient step at
-    the clean images), spare the base class its clean forward pass.
+    the clean images), spare the base class its clean forward pass. `broken_by` (a worst case over
+    several attacks) is the per-image index into `breakers` of the attack that broke it
+    (`edgeattack.artifact_breakdown`).
     """
 
     adversarial: Tensor
     logits: Tensor | None = None
     evaluated: Tensor | None = None
     clean_logits: Tensor | None = None
+    broken_by: Tensor | None = None
+    breakers: tuple[str, ...] = ()
 
 
 
@@ -40,6 +45,7 @@ class AttackOutput:
     `success[i]`: untargeted, the ensemble classifies image i correctly when clean and misclassifies
     `adversarial[i]`; targeted, image i is not of class `target[i]` and `adversarial[i]` is predicted
     as it. Images outside that denominator are never successes. `delta = adversarial - clean`.
+    `broken_by` / `breakers`: the per-attack breakdown of a worst-case run (`artifact_breakdown`).
     """
 
     adversarial: np.ndarray
@@ -60,6 +66,8 @@ class AttackOutput:
     data_seed: int | None = None
     indices: np.ndarray | None = None
     wall_s: float = 0.0
+    broken_by: np.ndarray | None = None
+    breakers: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.adversarial.shape[0])
@@ -137,6 +145,7 @@ class AttackOutput:
             "linf_max": float(self.linf().max(initial=0.0)),
             "l2_median": float(np.median(self.l2())) if len(self) else 0.0,
             "wall_s": self.wall_s,
+            **({"broken_count": breakdown_counts(self.broken_by, self.breakers)} if self.broken_by is not None else {}),
         }
 
     def to_artifact(
@@ -181,6 +190,8 @@ class AttackOutput:
         )
         if self.target is not None:
             params["target"] = self.target.tolist()
+        if self.broken_by is not None:
+            params.update(breakers=list(self.breakers), broken_count=breakdown_counts(self.broken_by, self.breakers))
         meta = ArtifactMeta(
             kind="per_image",
             method=self.method,
@@ -193,7 +204,7 @@ class AttackOutput:
             params=params,
             sources=self.sources,
         )
-        return PerturbationArtifact(delta=self.delta, meta=meta, indices=idx)
+        return PerturbationArtifact(delta=self.delta, meta=meta, indices=idx, broken_by=self.broken_by)
 
 
 @dataclass(frozen=True)
