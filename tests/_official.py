@@ -73,3 +73,25 @@ def onnx_outputs(model: Any, tmp_path: Path, images01: np.ndarray) -> dict[str, 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(names, {session.get_inputs()[0].name: images01}), strict=True))
+
+
+def export_with_cli(tmp_path: Path, name: str, checkpoint: Path) -> dict[str, np.ndarray]:
+    """`edgeattack export NAME --checkpoint FILE --model-arg <fixture width>`; the engine's outputs on the inputs.
+
+    Asserts the command succeeds and says it loaded the checkpoint.
+    """
+    import onnxruntime as ort
+    from typer.testing import CliRunner
+
+    from edgeattack.cli.app import app
+
+    out = tmp_path / f"{name}.onnx"
+    args = ["export", name, "--checkpoint", str(checkpoint), "--out", str(out)]
+    for key, value in SMALL_WIDTH.items():
+        args += ["--model-arg", f"{key}={value}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"checkpoint:{checkpoint.name}" in result.output, result.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(names, {session.get_inputs()[0].name: inputs01()}), strict=True))

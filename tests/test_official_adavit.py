@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from _official import SMALL_WIDTH, assert_logits_close, expected, fixture, inputs01, onnx_outputs
+from _official import SMALL_WIDTH, assert_logits_close, expected, export_with_cli, fixture, inputs01, onnx_outputs
 
 from edgeattack.errors import ConfigError, EdgeAttackError
 from edgeattack.sparsity.adavit import AdaViT
@@ -104,14 +104,6 @@ def test_checkpoints_of_other_official_options_are_refused(tmp_path):
 
 def test_cli_export_of_the_official_checkpoint(tmp_path):
     pytest.importorskip("onnxruntime")
-    from typer.testing import CliRunner
-
-    from edgeattack.cli.app import app
-
-    out = tmp_path / "adavit.onnx"
-    args = ["export", NAME, "--checkpoint", str(CHECKPOINT), "--out", str(out)]
-    for key, value in SMALL_WIDTH.items():
-        args += ["--model-arg", f"{key}={value}"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert out.is_file() and "checkpoint:model_best.pth.tar" in result.output
+    outputs = export_with_cli(tmp_path, NAME, CHECKPOINT)
+    assert_logits_close(outputs["logits"], expected("adavit")["logits"], "edgeattack export (ONNX)")
+    np.testing.assert_array_equal(outputs["token_counts"], expected("adavit")["counts"])

@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from _official import SMALL_WIDTH, assert_logits_close, expected, fixture, inputs01, onnx_outputs
+from _official import SMALL_WIDTH, assert_logits_close, expected, export_with_cli, fixture, inputs01, onnx_outputs
 
 from edgeattack.errors import ConfigError
 from edgeattack.sparsity.avit_train import avit_loss, distribution_target
@@ -131,19 +131,6 @@ def test_onnx_export_keeps_the_official_logits_and_counts(model, tmp_path):
 
 def test_cli_export_of_the_official_checkpoint(tmp_path):
     pytest.importorskip("onnxruntime")
-    import onnxruntime as ort
-    from typer.testing import CliRunner
-
-    from edgeattack.cli.app import app
-
-    out = tmp_path / "avit.onnx"
-    args = ["export", NAME, "--checkpoint", str(CHECKPOINT), "--out", str(out)]
-    for key, value in SMALL_WIDTH.items():
-        args += ["--model-arg", f"{key}={value}"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert "checkpoint:checkpoint.pth" in result.output
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    logits, counts = session.run(["logits", "token_counts"], {session.get_inputs()[0].name: inputs01()})
-    assert_logits_close(logits, expected("avit")["logits"], "edgeattack export (ONNX)")
-    np.testing.assert_array_equal(counts, expected("avit")["counts"])
+    outputs = export_with_cli(tmp_path, NAME, CHECKPOINT)
+    assert_logits_close(outputs["logits"], expected("avit")["logits"], "edgeattack export (ONNX)")
+    np.testing.assert_array_equal(outputs["token_counts"], expected("avit")["counts"])

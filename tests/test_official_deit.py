@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from _official import SMALL_WIDTH, assert_logits_close, expected, fixture, inputs01, onnx_outputs
+from _official import SMALL_WIDTH, assert_logits_close, expected, export_with_cli, fixture, inputs01, onnx_outputs
 
 from edgeattack.errors import EdgeAttackError
 from edgeattack.zoo.checkpoint import read_checkpoint
@@ -73,20 +73,9 @@ def test_other_pickled_objects_stay_refused(tmp_path):
 
 def test_cli_export_of_the_official_checkpoint(tmp_path):
     pytest.importorskip("onnxruntime")
-    import onnxruntime as ort
-    from typer.testing import CliRunner
+    outputs = export_with_cli(tmp_path, "deit_small_patch16_224", fixture("deit", "checkpoint.pth"))
+    assert_logits_close(outputs["logits"], expected("deit")["logits"], "edgeattack export (ONNX)")
 
-    from edgeattack.cli.app import app
-
-    out = tmp_path / "deit.onnx"
-    args = ["export", "deit_small_patch16_224", "--checkpoint", str(fixture("deit", "checkpoint.pth")), "--out", str(out)]
-    for key, value in SMALL_WIDTH.items():
-        args += ["--model-arg", f"{key}={value}"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    logits = session.run(None, {session.get_inputs()[0].name: inputs01()})[0]
-    assert_logits_close(logits, expected("deit")["logits"], "edgeattack export (ONNX)")
 
 
 def test_model_arg_values_are_typed():

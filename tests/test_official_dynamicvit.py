@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from _official import SMALL_WIDTH, assert_logits_close, expected, fixture, inputs01, onnx_outputs
+from _official import SMALL_WIDTH, assert_logits_close, expected, export_with_cli, fixture, inputs01, onnx_outputs
 
 from edgeattack.sparsity.dynamicvit import kept_token_counts
 from edgeattack.zoo.factory import create_model
@@ -47,14 +47,5 @@ def test_onnx_export_keeps_the_official_logits(model, tmp_path):
 
 def test_cli_export_of_the_official_checkpoint(tmp_path):
     pytest.importorskip("onnxruntime")
-    from typer.testing import CliRunner
-
-    from edgeattack.cli.app import app
-
-    out = tmp_path / "dynamicvit.onnx"
-    args = ["export", NAME, "--checkpoint", str(CHECKPOINT), "--out", str(out)]
-    for key, value in SMALL_WIDTH.items():
-        args += ["--model-arg", f"{key}={value}"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert out.is_file() and "checkpoint:checkpoint-29.pth" in result.output
+    outputs = export_with_cli(tmp_path, NAME, CHECKPOINT)
+    assert_logits_close(outputs["logits"], expected("dynamicvit")["logits"], "edgeattack export (ONNX)")

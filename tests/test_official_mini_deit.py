@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from _official import SMALL_WIDTH, assert_logits_close, expected, fixture, inputs01, onnx_outputs
+from _official import SMALL_WIDTH, assert_logits_close, expected, export_with_cli, fixture, inputs01, onnx_outputs
 
 from edgeattack.errors import ConfigError, EdgeAttackError
 from edgeattack.zoo.checkpoint import read_checkpoint
@@ -60,20 +60,9 @@ def test_onnx_export_keeps_the_official_logits(model, tmp_path):
 
 def test_cli_export_of_the_official_checkpoint(tmp_path):
     pytest.importorskip("onnxruntime")
-    import onnxruntime as ort
-    from typer.testing import CliRunner
+    outputs = export_with_cli(tmp_path, NAME, CHECKPOINT)
+    assert_logits_close(outputs["logits"], expected("mini_deit")["logits"], "edgeattack export (ONNX)")
 
-    from edgeattack.cli.app import app
-
-    out = tmp_path / "mini_deit.onnx"
-    args = ["export", NAME, "--checkpoint", str(CHECKPOINT), "--out", str(out)]
-    for key, value in SMALL_WIDTH.items():
-        args += ["--model-arg", f"{key}={value}"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    logits = session.run(None, {session.get_inputs()[0].name: inputs01()})[0]
-    assert_logits_close(logits, expected("mini_deit")["logits"], "edgeattack export (ONNX)")
 
 
 def test_irpe_buckets_follow_the_piecewise_index_function():

@@ -194,16 +194,7 @@ class AdaViTTrainer(TokenSparseTrainer):
         )
 
     def optimizer(self, student: ZooModel) -> Callable[[], Any]:
-        decision_params = list(student.net.decisions.parameters())
-        decision_ids = {id(p) for p in decision_params}
-        backbone_params = [p for p in student.parameters() if id(p) not in decision_ids]
-        groups = [{"params": decision_params, "lr": self.config.lr}]
-        if self.config.backbone_lr_scale > 0:
-            groups.append({"params": backbone_params, "lr": self.config.lr * self.config.backbone_lr_scale})
-        else:
-            for p in backbone_params:
-                p.requires_grad_(False)
-        return lambda: torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
+        return self.two_rate_optimizer(student, student.net.decisions)
 
     def before_epoch(self, epoch: int) -> None:
         config = self.config

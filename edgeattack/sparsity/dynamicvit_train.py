@@ -172,16 +172,7 @@ class DynamicViTTrainer(TokenSparseTrainer):
         )
 
     def optimizer(self, student: ZooModel) -> Callable[[], Any]:
-        predictor_params = list(student.net.score_predictor.parameters())
-        predictor_ids = {id(p) for p in predictor_params}
-        backbone_params = [p for p in student.parameters() if id(p) not in predictor_ids]
-        groups = [{"params": predictor_params, "lr": self.config.lr}]
-        if self.config.backbone_lr_scale > 0:
-            groups.append({"params": backbone_params, "lr": self.config.lr * self.config.backbone_lr_scale})
-        else:
-            for p in backbone_params:
-                p.requires_grad_(False)
-        return lambda: torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
+        return self.two_rate_optimizer(student, student.net.score_predictor)
 
     def step(self, model: Any, x: Any, y: Any) -> tuple[Any, dict[str, Any]]:
         config = self.config

@@ -82,6 +82,20 @@ class TokenSparseTrainer:
         params = [p for p in student.parameters() if p.requires_grad]
         return lambda: torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
 
+    def two_rate_optimizer(self, student: ZooModel, mechanism: Any) -> Callable[[], Any]:
+        """AdamW with the `mechanism` module's parameters at `config.lr` and the backbone at
+        `config.lr · config.backbone_lr_scale` (frozen when that is 0), as DynamicViT and AdaViT train."""
+        fast = list(mechanism.parameters())
+        fast_ids = {id(p) for p in fast}
+        backbone = [p for p in student.parameters() if id(p) not in fast_ids]
+        groups = [{"params": fast, "lr": self.config.lr}]
+        if self.config.backbone_lr_scale > 0:
+            groups.append({"params": backbone, "lr": self.config.lr * self.config.backbone_lr_scale})
+        else:
+            for p in backbone:
+                p.requires_grad_(False)
+        return lambda: torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
+
     def validate(self, model: Any, val: ImageDataset) -> dict[str, float]:
         """Validation figures of one epoch (rank 0): top-1 accuracy under "acc"."""
         return {"acc": evaluate_accuracy(model, val)}

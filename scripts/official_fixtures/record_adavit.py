@@ -31,19 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fixture_io import normalised_inputs
 
 WIDTH = {"patch_size": 16, "embed_dim": 48, "depth": 12, "num_heads": 3, "mlp_ratio": 4, "qkv_bias": True}
 COMMAND = ["--model", "ada_step_deit_small_patch16_224", "--ada-head", "--ada-layer", "--ada-token-with-mlp"]
 TOKEN_THRESHOLD = 0.6  # AdaAttention's ada_token_threshold (SimpleTokenSelect); heads and layers use 0.5
 MIN_GAP = 1e-3
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def normalised_inputs(fixtures: Path) -> torch.Tensor:
-    with np.load(fixtures / "inputs.npz", allow_pickle=False) as data:
-        images = data["images"]
-    x = torch.from_numpy((images.astype(np.float32) / np.float32(255.0)).transpose(0, 3, 1, 2).copy())
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
 def shim_imports() -> None:

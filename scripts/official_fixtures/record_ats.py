@@ -34,17 +34,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from fixture_io import normalised_inputs
 
 WIDTH = ["VIT.EMBED_DIM", 48, "VIT.NUM_HEADS", 3, "NUM_GPUS", 0]
 QK_GAIN = 8.0
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def normalised_inputs(fixtures: Path) -> torch.Tensor:
-    with np.load(fixtures / "inputs.npz", allow_pickle=False) as data:
-        images = data["images"]
-    x = torch.from_numpy((images.astype(np.float32) / np.float32(255.0)).transpose(0, 3, 1, 2).copy())
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
 class Recorder:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fixture_io import normalised_inputs
 from torch import nn
 
 WIDTH = {"patch_size": 16, "embed_dim": 48, "depth": 12, "num_heads": 3, "mlp_ratio": 4, "qkv_bias": True}
@@ -35,16 +36,8 @@ README_SMALL = [  # the README's A-ViT-S training command, less data/output path
     "--gate_scale", "10.0", "--gate_center", "75", "--warmup-epochs", "5",
     "--ponder_token_scale", "0.0005", "--distr_prior_alpha", "0.001",
 ]  # fmt: skip
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EMBED_GAIN, BLOCK_RATE, PROJ_GAIN = 3.0, 0.6, 5.0
 MIN_MARGIN = 1e-3
-
-
-def normalised_inputs(fixtures: Path) -> torch.Tensor:
-    with np.load(fixtures / "inputs.npz", allow_pickle=False) as data:
-        images = data["images"]
-    x = torch.from_numpy((images.astype(np.float32) / np.float32(255.0)).transpose(0, 3, 1, 2).copy())
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
 def shim_runtime() -> None:

@@ -27,20 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from fixture_io import normalised_inputs
 from torch import nn
 
 WIDTH = {"patch_size": 16, "embed_dim": 48, "depth": 12, "num_heads": 3, "mlp_ratio": 4, "qkv_bias": True}
 MINI_DEIT = {"use_cls_token": False, "repeated_times": 2, "use_transform": True}
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PERTURB_SEED = 1
 RPE_STD = 3.0
-
-
-def normalised_inputs(fixtures: Path) -> torch.Tensor:
-    with np.load(fixtures / "inputs.npz", allow_pickle=False) as data:
-        images = data["images"]
-    x = torch.from_numpy((images.astype(np.float32) / np.float32(255.0)).transpose(0, 3, 1, 2).copy())
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
 def install_easydict_shim() -> None:
