@@ -12,6 +12,10 @@ be combined in general: each file's summary is kept under `params["shards"]` (wi
 `shard`), and at the top only when all files agree. A per-image list (`target`, one entry per row)
 is merged in row order. `params["images"]` is the merged row count; the `shard` key is dropped.
 Every other key (the hyper-parameters, precision...) must be equal in all files.
+
+A worst-case run's per-image breakdown (`broken_by`, `artifact_breakdown`) is concatenated in
+dataset-index order like the deltas, and its counts (`params["broken_count"]`) recomputed for the
+merged rows; files with and without it do not merge.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeattack.artifact_breakdown import breakdown_counts
 from edgeattack.artifacts import ArtifactMeta, ArtifactWriter, PerturbationArtifact
 from edgeattack.distributed import Shard
 from edgeattack.errors import ArtifactError, ConfigError
@@ -68,12 +73,15 @@ def merge_artifacts(paths: Sequence[str | Path], out: str | Path) -> Path:
     _check_shards(paths, artifacts)
     indices = np.concatenate([a.indices for a in artifacts])
     _check_disjoint(paths, artifacts, indices)
+    broken_by = _merged_broken_by(paths, artifacts)
     order = np.argsort(indices, kind="stable")
     file_of = np.repeat(np.arange(len(artifacts)), [len(a.indices) for a in artifacts])[order]
     row_of = np.concatenate([np.arange(len(a.indices)) for a in artifacts])[order]
-    meta = dataclasses.replace(
-        artifacts[0].meta, params=_merged_params(paths, artifacts, summaries, order), created="", storage={}
-    )
+    params = _merged_params(paths, artifacts, summaries, order)
+    if broken_by is not None:
+        broken_by = broken_by[order]
+        params["broken_count"] = breakdown_counts(broken_by, params["breakers"])
+    meta = dataclasses.replace(artifacts[0].meta, params=params, created="", storage={})
     shard_size = int(artifacts[0].meta.storage.get("shard_size", 256))
     with ArtifactWriter(out, meta, shard_size=shard_size) as writer:
         for begin in range(0, len(order), shard_size):
@@ -82,10 +90,25 @@ def merge_artifacts(paths: Sequence[str | Path], out: str | Path) -> Path:
             for f in np.unique(file_of[block]):
                 where = np.flatnonzero(file_of[block] == f)
                 rows[where] = artifacts[f].delta[row_of[block][where]]
-            writer.add(rows, indices[order[block]])
+            writer.add(rows, indices[order[block]], broken_by=None if broken_by is None else broken_by[block])
         written = writer.close()
     logger.info("merged %d artifacts (%d images) into %s", len(paths), len(order), written)
     return written
+
+
+def _merged_broken_by(paths: list[Path], artifacts: list[PerturbationArtifact]) -> np.ndarray | None:
+    """The files' breakdowns concatenated in file order, or None; ArtifactError if only some have one."""
+    having = [a.broken_by is not None for a in artifacts]
+    if not any(having):
+        return None
+    if not all(having):
+        with_it = [p.name for p, h in zip(paths, having, strict=True) if h]
+        without = [p.name for p, h in zip(paths, having, strict=True) if not h]
+        raise ArtifactError(
+            f"{', '.join(with_it)} carry a per-attack breakdown (broken_by) but {', '.join(without)} do not; "
+            "not shards of one run"
+        )
+    return np.concatenate([a.broken_by for a in artifacts if a.broken_by is not None])
 
 
 def _check_same(paths: list[Path], metas: list[ArtifactMeta], summaries: set[str]) -> None:

@@ -5,6 +5,10 @@
             writer.add(delta, indices)            # per-image rows [n,C,H,W], dataset indices [n]
         path = writer.close(params={"success_rate": 0.93})
 
+A worst-case run (AutoAttack) also passes `broken_by=` (one int per row, `artifact_breakdown`) to
+every `add`: it is kept beside the shards as the int16 member `broken_by.npy`, in row order. Either
+every `add` carries it or none does.
+
 Rows are buffered until `shard_size` of them are there, then encoded (`artifact_shards.encode_rows`)
 and written as one deflate-compressed member of a temporary zip next to the final file; `close`
 writes the rest, `indices`, `meta` (with `storage`, schema 2, and `params` merged into
@@ -59,6 +63,7 @@ class ArtifactWriter:
         self._seen: set[int] = set()
         self._shards: list[dict[str, Any]] = []
         self._extras: dict[str, np.ndarray] = {}
+        self._broken_by: list[np.ndarray] | None = None
         self._rows = 0
         self._done = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,18 +77,22 @@ class ArtifactWriter:
         """Rows added so far (written or buffered)."""
         return self._rows
 
-    def add(self, delta: np.ndarray, indices: np.ndarray) -> None:
-        """Append per-image rows `delta` [n,C,H,W] for the dataset `indices` [n] (any n, even 0)."""
+    def add(self, delta: np.ndarray, indices: np.ndarray, *, broken_by: np.ndarray | None = None) -> None:
+        """Append per-image rows `delta` [n,C,H,W] for the dataset `indices` [n] (any n, even 0).
+
+        `broken_by` [n]: the rows' per-attack breakdown (module docstring), with every call or none.
+        """
         if self.meta.kind != "per_image":
             raise ArtifactError(f"add() takes per-image rows; this artifact is {self.meta.kind}")
-        self._append(delta, indices)
+        self._append(delta, indices, broken_by=broken_by)
 
-    def _append(self, delta: np.ndarray, indices: np.ndarray | None) -> None:
+    def _append(self, delta: np.ndarray, indices: np.ndarray | None, *, broken_by: np.ndarray | None = None) -> None:
         if self._done:
             raise ArtifactError(f"artifact writer for {self.path} is already closed")
         delta = np.asarray(delta, dtype=np.float32)
         if delta.ndim != 4 or tuple(delta.shape[1:]) != self._input_size:
             raise ArtifactError(f"delta rows must be [n, {', '.join(map(str, self._input_size))}], got {delta.shape}")
+        self._take_broken_by(broken_by, len(delta))
         if indices is not None:
             self._take_indices(np.asarray(indices), len(delta))
         if not np.isfinite(delta).all():
@@ -103,6 +112,23 @@ class ArtifactWriter:
             self._write_shard(np.concatenate(shard))
             self._pending_rows -= self.shard_size
         self._pending = [np.array(p, dtype=np.float32, copy=True) for p in pieces if len(p)]  # never keep the caller's buffer
+
+    def _take_broken_by(self, broken_by: np.ndarray | None, n: int) -> None:
+        """Keep the rows' breakdown; refuse a call with it after one without (or the other way round)."""
+        with_it = broken_by is not None
+        if self._rows and with_it != (self._broken_by is not None):
+            raise ArtifactError(
+                f"{self.path.name}: rows {self._rows}.. {'carry' if with_it else 'lack'} broken_by but the rows "
+                "before them do not; every add() must pass it, or none"
+            )
+        if broken_by is None:
+            return
+        values = np.asarray(broken_by)
+        if values.shape != (n,) or (values.size and values.dtype.kind not in "iu"):
+            raise ArtifactError(f"{n} delta rows but broken_by of {values.dtype} {values.shape}; one integer per row")
+        if self._broken_by is None:
+            self._broken_by = []
+        self._broken_by.append(values.astype(np.int16))
 
     def _take_indices(self, indices: np.ndarray, n: int) -> None:
         if indices.shape != (n,):
@@ -160,6 +186,8 @@ class ArtifactWriter:
             self._write_array("indices", indices)
             for name, array in self._extras.items():
                 self._write_array(name, array)
+            if self._broken_by is not None:
+                self._write_array("broken_by", np.concatenate(self._broken_by))
             self._write_array("meta", np.asarray(meta.to_json()))
             self._zip.close()
             self._handle.flush()

@@ -304,13 +304,12 @@ class PerturbationArtifact:
             per_image = self.meta.kind == "per_image"
             for begin in range(0, len(self.delta), shard_size):
                 rows = slice(begin, begin + shard_size)
-                writer._append(self.delta[rows], self.indices[rows] if per_image else None)
+                broken = None if self.broken_by is None else self.broken_by[rows]
+                writer._append(self.delta[rows], self.indices[rows] if per_image else None, broken_by=broken)
             for name in ("mask", "patch"):
                 extra = getattr(self, name)
                 if extra is not None:
                     writer._set_extra(name, extra)
-            if self.broken_by is not None:
-                writer._write_array("broken_by", self.broken_by.astype(np.int16))
             return writer.close()
 
     @classmethod

@@ -35,6 +35,7 @@ from edgeattack.metrics.latency import (
 )
 from edgeattack.metrics.latency import measure_latency as _measure_latency
 from edgeattack.metrics.memory import MemoryStats, PeakMemory, current_rss_mib
+from edgeattack.replay_breakdown import artifact_replay_breakdown
 from edgeattack.results import CleanResult, DatasetInfo, EvaluationResult, ModelSize, PerturbationResult
 
 __all__ = ["ProgressCallback", "evaluate"]
@@ -424,4 +425,5 @@ def _replay_one(
         memory=peak.result if measure_memory else None,
         delta_max_norm=replay.max_norm,
         over_budget=artifact.over_budget(),
+        breakdown=artifact_replay_breakdown(artifact, dataset.indices[positions], labels, adv_pred),
     )

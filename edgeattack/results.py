@@ -28,6 +28,7 @@ from edgeattack.errors import ResultError
 from edgeattack.metrics.accuracy import METRIC_DEFINITIONS, AccuracyMetrics, NormSummary
 from edgeattack.metrics.latency import LatencyStats
 from edgeattack.metrics.memory import MemoryStats
+from edgeattack.replay_breakdown import ReplayBreakdown
 
 __all__ = [
     "DEFINITIONS",
@@ -67,6 +68,11 @@ DEFINITIONS: dict[str, str] = {
         "(VmHWM reset via /proc/self/clear_refs); MiB = 2**20 bytes; null with a reason where not measurable"
     ),
     "model_size_mb": "size of the engine file in MB (10**6 bytes)",
+    "breakdown": (
+        "worst-case artifacts (AutoAttack) only: per name (clean, each sub-attack, robust) `source` = images "
+        "it broke on the source model (whose delta it produced), `engine_broken` = of those, misclassified by "
+        "this engine; robust_source_broken_engine / broken_source_robust_engine: transfer counts"
+    ),
     **BLACKBOX_DEFINITIONS,
 }
 
@@ -208,6 +214,9 @@ class PerturbationResult:
     """The artifact's largest delta in its own norm, measured (the declared budget is `eps`)."""
     over_budget: bool = False
     """Some delta exceeds the declared eps (replayed only with --allow-over-budget)."""
+    breakdown: ReplayBreakdown | None = None
+    """For a worst-case artifact (AutoAttack, `broken_by`): per sub-attack, the images it broke on the
+    source and how many of them the engine misclassifies (`replay_breakdown`); absent otherwise."""
 
     @property
     def label(self) -> str:
@@ -234,6 +243,7 @@ class PerturbationResult:
             "memory": _to(self.memory),
             "delta_max_norm": self.delta_max_norm,
             "over_budget": self.over_budget,
+            **({"breakdown": self.breakdown.to_dict()} if self.breakdown is not None else {}),
         }
 
     @classmethod
@@ -257,6 +267,7 @@ class PerturbationResult:
             memory=_from(MemoryStats, doc.get("memory")),
             delta_max_norm=doc.get("delta_max_norm"),
             over_budget=bool(doc.get("over_budget", False)),
+            breakdown=_from(ReplayBreakdown, doc.get("breakdown")),
         )
 
 
@@ -419,6 +430,7 @@ class EvaluationResult:
                     l2_median=p.norms.l2_median,
                     linf_median=p.norms.linf_median,
                     latency_ratio=p.latency_ratio,
+                    **(p.breakdown.flat() if p.breakdown is not None else {}),
                 )
             )
         return rows

@@ -336,12 +336,14 @@ def test_table_rows_format_units(data):
 def test_empty_tables_say_no_data():
     data = ReportData(title="only engines", engines=synthetic_report().engines[:1])
     html = render_html(data)
-    assert html.count("No data: the store holds no finished cell of this kind") == 5
+    empty = sum(1 for section in SECTIONS if section.source not in ("engines", "failures"))
+    assert empty == 6  # transfer matrix, ASR vs eps, AutoAttack, black-box, availability, token depth
+    assert html.count("No data: the store holds no finished cell of this kind") == empty
     assert "No failed, skipped or interrupted cell." in html
     assert 'class="failures alert"' not in html
     assert len(_decoded_pngs(html)) == 1
     markdown = render_markdown(data)
-    assert markdown.count("No data: the store holds no finished cell of this kind") == 5
+    assert markdown.count("No data: the store holds no finished cell of this kind") == empty
 
 
 def test_partial_data_without_figures_data_says_why():
@@ -575,3 +577,39 @@ def test_wide_tables_get_the_compact_style(html):
     assert '<table class="wide">' in engines
     matrix = html.split('id="transfer-matrix"')[1].split("</section>")[0]
     assert "<table>" in matrix and "deit_<wbr>tiny/<wbr>int8</th>" in matrix  # long headers may wrap
+
+
+def test_autoattack_table_pairs_reference_and_twin_per_engine():
+    from edgeattack.report.robustness import autoattack_rows
+
+    def row(engine: str, source: str, adv_acc: float, flipped: int) -> dict:
+        breakdown = {
+            "images": 10,
+            "rows": [
+                {"name": "clean", "source": 1, "engine_broken": 1},
+                {"name": "apgd-ce", "source": 5, "engine_broken": 4},
+                {"name": "square", "source": 1, "engine_broken": 1},
+                {"name": "robust", "source": 3, "engine_broken": flipped},
+            ],
+            "robust_source_broken_engine": flipped,
+            "broken_source_robust_engine": 1,
+        }
+        return {"method": "autoattack", "norm": "linf", "eps": 4 / 255, "engine": engine, "source": source,
+                "adv_acc": adv_acc, "images": 10, "breakdown": breakdown}
+
+    transfer = [
+        row("m/int8", "m", 0.4, 1),
+        row("m/int8", "m~int8", 0.2, 0),
+        row("m/fp32", "m", 0.3, 0),
+        row("other/fp32", "m", 0.9, 0),  # cross-model: left to the transfer table
+        {"method": "pgd", "engine": "m/fp32", "source": "m", "eps": 4 / 255, "norm": "linf"},
+    ]
+    headers, rows = autoattack_rows(ReportData(title="aa", transfer=transfer))
+    assert [r[0] for r in rows] == ["m/fp32", "m/int8"]
+    fp32, int8 = (dict(zip(headers, r, strict=True)) for r in rows)
+    assert int8["ε"] == "4/255" and int8["Twin of"] == "int8"
+    assert int8["Robust acc. crafted on reference (%)"] == "40.0" and int8["Robust acc. crafted on twin (%)"] == "20.0"
+    assert int8["Misclassified here / broken on source, per attack (reference)"] == "apgd-ce 4/5 · square 1/1"
+    assert int8["Robust on source, broken here (reference)"] == "1"
+    assert fp32["Robust acc. crafted on twin (%)"] == "–" and fp32["Twin of"] == "–"
+    assert autoattack_rows(ReportData(title="none", transfer=transfer[-1:]))[1] == []

@@ -63,7 +63,13 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 def attack_command(
     method: Annotated[
         str,
-        typer.Option("--method", "-m", help="fgsm, pgd, pgd-l2, mifgsm, uap (DeepFool), uap-sgd, desparsify."),
+        typer.Option(
+            "--method",
+            "-m",
+            help="fgsm, pgd, pgd-l2, mifgsm, uap (DeepFool), uap-sgd, desparsify; robustness of record: apgd, "
+            "apgd-t, fab, fab-t, square, autoattack, cw-l2, deepfool (their other hyper-parameters with --param, "
+            "e.g. --param version=plus).",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Perturbation artifact to write (.npz).")],
     model: Annotated[
@@ -120,12 +126,15 @@ def attack_command(
 ) -> None:
     """Craft METHOD on the source model(s) over a split and save the perturbation artifact.
 
-    Per-image attacks (fgsm, pgd, pgd-l2, mifgsm) stream: a few batches of images at a time are
+    Per-image attacks (fgsm, pgd, pgd-l2, mifgsm, apgd, apgd-t, fab, fab-t, square, autoattack, cw-l2,
+    deepfool) stream: a few batches of images at a time are
     decoded, attacked and written, so memory does not grow with the split; random starts are drawn
     per image from (--seed, dataset index), so the batch size, chunking and sharding do not change
     a delta. --shard I/N crafts one contiguous block of the split (under torchrun each rank takes
     its own and writes OUT.rankI-of-N.npz); `edgeattack merge-artifacts` joins the shards. UAPs are fitted
     on the split (fit on one split, e.g. val, and evaluate on another) in memory, as is DeSparsify.
+    autoattack keeps which sub-attack broke each image (`broken_by` in the artifact) and prints the
+    counts; `edgeattack evaluate` replays that breakdown on an engine.
     """
     from edgeattack.attacks.whitebox import UniversalAttack, make_attack
     from edgeattack.attacks.whitebox.streaming import craft_per_image
@@ -299,6 +308,8 @@ def summary_text(summary: dict[str, Any], *, targeted: bool) -> str:
             continue
         if key == "linf_max":
             parts.append(f"{key}={format_eps(value)}")
+        elif isinstance(value, dict):
+            parts.append(f"{key}: " + " ".join(f"{name}={count}" for name, count in value.items()))
         else:
             parts.append(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}")
     return ", ".join(parts)

@@ -331,6 +331,8 @@ def print_result(result: object) -> None:
     for item in result.perturbations:
         if item.over_budget:
             console.print(escape(over_budget_note(item.label, item.norm, item.eps, item.delta_max_norm)))
+        if item.breakdown is not None:
+            console.print(escape(f"{item.label} per-attack breakdown:\n  " + "\n  ".join(item.breakdown.lines())))
     if result.blackbox:
         console.print(_blackbox_table(result))
     worst = result.blackbox_worst_case

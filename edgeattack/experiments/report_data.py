@@ -90,6 +90,7 @@ class _Tables:
                         "adv_acc": _get(item, "metrics", "adv_acc"),
                         "fooling_rate": _get(item, "metrics", "fooling_rate"),
                         "images": item.get("images_evaluated"),
+                        **({"breakdown": item["breakdown"]} if item.get("breakdown") else {}),
                     }
                 )
         return rows

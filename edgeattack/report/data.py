@@ -258,6 +258,22 @@ SECTIONS: tuple[Section, ...] = (
         ),
     ),
     Section(
+        "autoattack",
+        "Robustness of record (AutoAttack)",
+        "transfer",
+        "Robust accuracy of each engine under AutoAttack crafted on its reference model vs on the int8 "
+        "twin, with the per-attack breakdown: of the images each sub-attack broke on its source, how many "
+        "this engine misclassifies, and the images whose fate differs between source and engine.",
+        (
+            Block(
+                "table",
+                "autoattack",
+                "AutoAttack per engine: crafted on the reference model vs on the int8 twin, replayed here.",
+                "No AutoAttack artifact crafted on an engine's own model or twin was replayed.",
+            ),
+        ),
+    ),
+    Section(
         "blackbox",
         "Black-box attacks",
         "blackbox",

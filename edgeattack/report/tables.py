@@ -53,6 +53,7 @@ from edgeattack.report.pivots import (
     source_models,
     transfer_matrix,
 )
+from edgeattack.report.robustness import autoattack_rows
 
 __all__ = [
     "COLUMNS",
@@ -235,7 +236,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
 }
 
 
-DERIVED_TABLES = ("transfer_matrix", "asr_vs_eps", "latency_distribution")
+DERIVED_TABLES = ("transfer_matrix", "asr_vs_eps", "latency_distribution", "autoattack")
 
 
 def table_rows(data: ReportData, name: str) -> tuple[list[str], list[list[str]]]:
@@ -243,7 +244,8 @@ def table_rows(data: ReportData, name: str) -> tuple[list[str], list[list[str]]]
 
     Derived tables: `transfer_matrix` (ASR per perturbation × engine, the numbers of the heatmap),
     `asr_vs_eps` (mean ASR per ε and target model, the numbers of the ASR vs ε panels) and
-    `latency_distribution` (summary of the availability passes' latency samples).
+    `latency_distribution` (summary of the availability passes' latency samples) and `autoattack`
+    (robust accuracy per engine under AutoAttack crafted on the model vs its int8 twin, `robustness`).
     """
     if name == "transfer_matrix":
         return _transfer_matrix_rows(data)
@@ -251,6 +253,8 @@ def table_rows(data: ReportData, name: str) -> tuple[list[str], list[list[str]]]
         return _asr_vs_eps_rows(data)
     if name == "latency_distribution":
         return _latency_distribution_rows(data)
+    if name == "autoattack":
+        return autoattack_rows(data)
     rows = data.table(name)
     columns = COLUMNS[name]
     if name == "failures" and not any("status" in row for row in rows):

@@ -8,7 +8,9 @@ an `ArtifactWriter` and keeps only the counts of the summary. Memory therefore h
 images and deltas (plus one shard of the writer), whatever the size of the split. The summary is
 the one `AttackOutput.summary()` gives for the whole split at once, and so is the artifact:
 per-image attacks draw their random starts per image from (seed, dataset index), so chunking does
-not change a delta. Universal attacks fit one delta on all images and do not stream.
+not change a delta. Universal attacks fit one delta on all images and do not stream. A worst-case
+attack's per-image breakdown (`AttackOutput.broken_by`, AutoAttack) goes into the artifact with the
+rows, and its counts into the summary and `meta.params["broken_count"]`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeattack.artifact_breakdown import breakdown_counts
 from edgeattack.attacks.whitebox.base import WhiteBoxAttack
 from edgeattack.attacks.whitebox.model import ModelLike
 from edgeattack.attacks.whitebox.outputs import AttackOutput
@@ -54,6 +57,8 @@ class CraftSummary:
     targets: list[np.ndarray] = dataclasses.field(default_factory=list)
     targeted: bool = False
     wall_s: float = 0.0
+    breakers: tuple[str, ...] = ()
+    broken_count: dict[str, int] | None = None
 
     def add(self, output: AttackOutput) -> None:
         """Count one chunk's output."""
@@ -75,6 +80,11 @@ class CraftSummary:
         if len(output):
             self.linf_max = max(self.linf_max, float(output.linf().max()))
             self.l2.append(output.l2())
+        if output.broken_by is not None:
+            self.breakers = tuple(output.breakers)
+            counts = breakdown_counts(output.broken_by, self.breakers)
+            totals = self.broken_count or dict.fromkeys(counts, 0)
+            self.broken_count = {name: totals.get(name, 0) + count for name, count in counts.items()}
 
     @staticmethod
     def _rate(hits: int, total: int) -> float | None:
@@ -106,6 +116,7 @@ class CraftSummary:
             "linf_max": float(self.linf_max),
             "l2_median": float(np.median(l2)) if len(l2) else 0.0,
             "wall_s": self.wall_s,
+            **({"broken_count": dict(self.broken_count)} if self.broken_count is not None else {}),
         }
 
     def artifact_params(self) -> dict[str, Any]:
@@ -118,6 +129,8 @@ class CraftSummary:
         }
         if self.targets:
             params["target"] = np.concatenate(self.targets).tolist()
+        if self.broken_count is not None:
+            params.update(breakers=list(self.breakers), broken_count=dict(self.broken_count))
         return params
 
 
@@ -177,7 +190,7 @@ def craft_per_image(
                     indices=part.indices, dataset_name=dataset.name, split=dataset.split, seed=dataset.seed
                 ).meta
                 writer = ArtifactWriter(out, meta, **({} if shard_size is None else {"shard_size": shard_size}))
-            writer.add(output.delta, part.indices)
+            writer.add(output.delta, part.indices, broken_by=output.broken_by)
             counts.add(output)
         assert writer is not None
         counts.wall_s = time.perf_counter() - start
