@@ -1,6 +1,6 @@
 """AutoAttack (standard, L-inf): edgeattack vs torchattacks.AutoAttack, robust accuracy, breakdown and time.
 
-Both attack vit_tiny_digits (its shipped weights, or `--checkpoint`) on the same digits test images
+Both attack a shipped digits model (`--model`, default vit_tiny_digits; its shipped weights, or `--checkpoint`) on the same digits test images
 (the whole split by default, one batch), with the same eps, seed 0 and the budget of
 `torchattacks.AutoAttack(version="standard")` as shipped: APGD-CE, APGD-T and FAB-T with
 `--steps` iterations (torchattacks' default is 10; the reference AutoAttack and edgeattack's
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="APGD / APGD-T / FAB-T iterations (torchattacks: 10)")
     parser.add_argument("--n-queries", type=int, default=5000, help="Square's query budget")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (fixed for both tools)")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="weights for vit_tiny_digits")
+    parser.add_argument("--model", default="vit_tiny_digits", help="a shipped digits zoo model")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="weights for --model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgeattack.zoo import create_model
 
     torch.set_num_threads(args.threads)
-    model = create_model("vit_tiny_digits", checkpoint=args.checkpoint).eval()
+    model = create_model(args.model, checkpoint=args.checkpoint).eval()
     test = load_digits_dataset("test").take(args.images)
     x, y = torch.from_numpy(test.images), torch.from_numpy(test.labels)
     with torch.no_grad():
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eps {eps * 255:.3g}/255: robust accuracy gap {gap:.2f} points", file=sys.stderr, flush=True)
 
     print(
-        f"\nAutoAttack standard (L-inf) on vit_tiny_digits, {len(test)} digits test images in one batch, seed 0; "
+        f"\nAutoAttack standard (L-inf) on {args.model}, {len(test)} digits test images in one batch, seed 0; "
         f"APGD-CE/APGD-T/FAB-T {args.steps} iterations, 9 target classes, Square {args.n_queries} queries; "
         f"CPU, torch {torch.__version__} with {args.threads} threads, torchattacks {torchattacks.__version__}, "
         f"Python {platform.python_version()}. clean_acc {clean_acc:.4f}.\n"
