@@ -38,13 +38,10 @@ hyper-parameters, the mechanisms and what the attack measured on the images it w
 the models), `prediction_kept` (among images a model classified correctly when clean, the share
 still correct), `prediction_unchanged` and `per_model` details.
 
-Measured with the defaults on the 270 digits test images (TUR clean -> adversarial, every correct
-prediction kept unless noted): single at 8/255, ATS 0.634 -> 0.906, A-ViT 0.461 -> 0.719, AdaViT
-0.484 -> 0.757; A-ViT needs eps 32/255 and 200 steps for 0.916, AdaViT 24/255 for 0.915 (their
-usage surrogates saturate: A-ViT's halting sigmoid sits at pre-activations of +20 and more once the
-digits ViT's tokens halt after block 3). Class-universal ATS 0.786, universal ATS 0.677, patch
-(8x8, top-left) A-ViT 0.636 (ATS barely moves while predictions are protected; `lam=0` gives 0.74
-at 42 % accuracy, the paper's trade-off).
+Measured with the defaults on the 270 digits test images, on the official mechanisms (TUR clean ->
+adversarial on the ONNX engines, every correct prediction kept): single at 8/255, ATS 0.699 -> 0.924,
+A-ViT 0.474 -> 0.930, AdaViT 0.503 -> 0.871; class-universal ATS 0.826, universal ATS 0.746, patch
+(8x8, top-left) A-ViT 0.737 (`benchmarks/RESULTS.md`, `benchmarks/bench_desparsify.py`).
 """
 
 from __future__ import annotations
