@@ -16,10 +16,17 @@ from edgeattack.data import load_digits_dataset
 from edgeattack.engines import open_engine
 from edgeattack.zoo import create_model
 
+HEADER = (
+    "| engine | budget | TUR clean → adv | TUR gap closed | accuracy clean → adv | prediction kept "
+    "| latency median ms clean → adv | × latency (median) | × latency (mean) | × GFLOPs | crafting |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
 
 def main() -> None:
     torch.set_num_threads(1)
     test = load_digits_dataset("test").take(64)
+    print(HEADER, flush=True)
     for name, eps, steps in (("avit_tiny_digits", 32 / 255, 200), ("adavit_tiny_digits", 24 / 255, 100)):
         model = create_model(name)
         t0 = time.time()
