@@ -7,6 +7,7 @@ this folder, so they import this module by its file name.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,3 +22,26 @@ def normalised_inputs(fixtures: Path) -> torch.Tensor:
         images = data["images"]
     x = torch.from_numpy((images.astype(np.float32) / np.float32(255.0)).transpose(0, 3, 1, 2).copy())
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def save_main_checkpoint(
+    path: Path, model: torch.nn.Module, *, optimizer: Any, scheduler: Any, scaler: Any, args: Any, ema: dict, epoch: int
+) -> None:
+    """The training checkpoint DeiT's main.py writes (and A-ViT's main_act.py, Cream's Mini-DeiT main.py).
+
+    `ema` is the `model_ema` state the fixture stores: the recordings make it differ from `model`, so
+    a loader that read the EMA instead of `model` would fail its test.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "model_ema": ema,
+            "scaler": scaler.state_dict(),
+            "args": args,
+        },
+        path,
+    )

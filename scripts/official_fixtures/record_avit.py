@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fixture_io import normalised_inputs
+from fixture_io import normalised_inputs, save_main_checkpoint
 from torch import nn
 
 WIDTH = {"patch_size": 16, "embed_dim": 48, "depth": 12, "num_heads": 3, "mlp_ratio": 4, "qkv_bias": True}
@@ -174,18 +174,15 @@ def main() -> None:
     ema_state = get_state_dict(ema)
     ema_state["head.weight"] = ema_state["head.weight"] * 0.5  # the EMA lags: 'model' must be the one read
     folder = options.out / "avit"
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": scheduler.state_dict(),
-            "epoch": 99,
-            "model_ema": ema_state,
-            "scaler": NativeScaler().state_dict(),
-            "args": args,
-        },
+    save_main_checkpoint(
         folder / "checkpoint.pth",
+        model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=NativeScaler(),
+        args=args,
+        ema=ema_state,
+        epoch=99,
     )
     np.savez(
         folder / "expected.npz",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fixture_io import normalised_inputs
+from fixture_io import normalised_inputs, save_main_checkpoint
 from torch import nn
 
 WIDTH = {"patch_size": 16, "embed_dim": 48, "depth": 12, "num_heads": 3, "mlp_ratio": 4, "qkv_bias": True}
@@ -53,18 +53,15 @@ def main() -> None:
     scheduler, _ = create_scheduler(args, optimizer)
     ema = {key: value * 0.5 for key, value in plain.state_dict().items()}  # a different EMA: 'model' must be read
     folder = options.out / "deit"
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "model": plain.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": scheduler.state_dict(),
-            "epoch": 299,
-            "model_ema": ema,
-            "scaler": NativeScaler().state_dict(),
-            "args": args,
-        },
+    save_main_checkpoint(
         folder / "checkpoint.pth",
+        plain,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=NativeScaler(),
+        args=args,
+        ema=ema,
+        epoch=299,
     )
     with torch.no_grad():
         np.savez(folder / "expected.npz", logits=plain(x).numpy())

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from fixture_io import normalised_inputs
+from fixture_io import normalised_inputs, save_main_checkpoint
 from torch import nn
 
 WIDTH = {"patch_size": 16, "embed_dim": 48, "depth": 12, "num_heads": 3, "mlp_ratio": 4, "qkv_bias": True}
@@ -111,18 +111,15 @@ def main() -> None:
     scheduler, _ = create_scheduler(args, optimizer)
     ema = {key: value * 0.5 for key, value in model.state_dict().items()}  # a different EMA: 'model' must be read
     folder = options.out / "mini_deit"
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": scheduler.state_dict(),
-            "epoch": 299,
-            "model_ema": ema,
-            "scaler": NativeScaler().state_dict(),
-            "args": args,
-        },
+    save_main_checkpoint(
         folder / "checkpoint.pth",
+        model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=NativeScaler(),
+        args=args,
+        ema=ema,
+        epoch=299,
     )
     with torch.no_grad():
         logits = model(x)
