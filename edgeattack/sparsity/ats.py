@@ -274,7 +274,7 @@ def _base_name(name: str) -> str:
 
 def _load_digits_weights(net: Any) -> None:
     """Load vit_tiny_digits' shipped weights into the bare ViT `net` (ATS has no weights of its own)."""
-    from edgeattack.zoo.factory import read_state_dict
+    from edgeattack.zoo.checkpoint import read_state_dict
     from edgeattack.zoo.manifest import shipped_weights
 
     found = shipped_weights(DIGITS_BASE)

@@ -21,7 +21,6 @@ from edgeattack._io import sha256_file
 from edgeattack._lazy import require
 from edgeattack.errors import ConfigError, EdgeAttackError
 from edgeattack.zoo.checkpoint import DEFAULT_LAYOUTS, read_checkpoint
-from edgeattack.zoo.checkpoint import read_state_dict as read_state_dict
 from edgeattack.zoo.config import ModelConfig
 from edgeattack.zoo.manifest import shipped_weights
 from edgeattack.zoo.registry import get_entry
