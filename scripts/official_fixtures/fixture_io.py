@@ -24,14 +24,20 @@ def normalised_inputs(fixtures: Path) -> torch.Tensor:
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
-def save_main_checkpoint(
-    path: Path, model: torch.nn.Module, *, optimizer: Any, scheduler: Any, scaler: Any, args: Any, ema: dict, epoch: int
-) -> None:
+def save_main_checkpoint(path: Path, model: torch.nn.Module, *, args: Any, ema: dict, epoch: int) -> None:
     """The training checkpoint DeiT's main.py writes (and A-ViT's main_act.py, Cream's Mini-DeiT main.py).
 
-    `ema` is the `model_ema` state the fixture stores: the recordings make it differ from `model`, so
-    a loader that read the EMA instead of `model` would fail its test.
+    The optimizer, scheduler and loss scaler are built from `args` as those scripts build them
+    (timm's `create_optimizer` / `create_scheduler`, `NativeScaler`), with no step taken. `ema` is the
+    `model_ema` state the fixture stores: the recordings make it differ from `model`, so a loader
+    that read the EMA instead of `model` would fail its test.
     """
+    from timm.optim import create_optimizer
+    from timm.scheduler import create_scheduler
+    from timm.utils import NativeScaler
+
+    optimizer = create_optimizer(args, model)
+    scheduler, _ = create_scheduler(args, optimizer)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
@@ -40,7 +46,7 @@ def save_main_checkpoint(
             "lr_scheduler": scheduler.state_dict(),
             "epoch": epoch,
             "model_ema": ema,
-            "scaler": scaler.state_dict(),
+            "scaler": NativeScaler().state_dict(),
             "args": args,
         },
         path,

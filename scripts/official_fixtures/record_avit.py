@@ -131,9 +131,7 @@ def main() -> None:
     import main_act
     import utils as avit_utils
     from timm.models.act_vision_transformer import VisionTransformer
-    from timm.optim import create_optimizer
-    from timm.scheduler import create_scheduler
-    from timm.utils import ModelEma, NativeScaler, get_state_dict
+    from timm.utils import ModelEma, get_state_dict
 
     args = main_act.get_args_parser().parse_args(README_SMALL)
     avit_utils.init_distributed_mode(args)  # as main() does: no distributed environment here
@@ -168,8 +166,6 @@ def main() -> None:
     distribution = torch.clamp(distribution, 0.01, 0.99)
     prior_loss = args.distr_prior_alpha * model.kl_loss(distribution.log(), model.distr_target)
 
-    optimizer = create_optimizer(args, model)
-    scheduler, _ = create_scheduler(args, optimizer)
     ema = ModelEma(model, decay=args.model_ema_decay, device="", resume="")
     ema_state = get_state_dict(ema)
     ema_state["head.weight"] = ema_state["head.weight"] * 0.5  # the EMA lags: 'model' must be the one read
@@ -177,9 +173,6 @@ def main() -> None:
     save_main_checkpoint(
         folder / "checkpoint.pth",
         model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=NativeScaler(),
         args=args,
         ema=ema_state,
         epoch=99,

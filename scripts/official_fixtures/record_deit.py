@@ -38,9 +38,6 @@ def main() -> None:
     import main as deit_main
     import models as deit_models
     from timm.models.vision_transformer import VisionTransformer
-    from timm.optim import create_optimizer
-    from timm.scheduler import create_scheduler
-    from timm.utils import NativeScaler
 
     x = normalised_inputs(options.out)
     norm = partial(nn.LayerNorm, eps=1e-6)
@@ -49,16 +46,11 @@ def main() -> None:
     plain = VisionTransformer(**WIDTH, norm_layer=norm).eval()
     args = deit_main.get_args_parser().parse_args([])
     args.model = "deit_small_patch16_224"
-    optimizer = create_optimizer(args, plain)
-    scheduler, _ = create_scheduler(args, optimizer)
     ema = {key: value * 0.5 for key, value in plain.state_dict().items()}  # a different EMA: 'model' must be read
     folder = options.out / "deit"
     save_main_checkpoint(
         folder / "checkpoint.pth",
         plain,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=NativeScaler(),
         args=args,
         ema=ema,
         epoch=299,

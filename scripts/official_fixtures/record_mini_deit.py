@@ -90,9 +90,6 @@ def main() -> None:
     import main as mini_main
     import mini_deit_models
     from mini_vision_transformer import VisionTransformer
-    from timm.optim import create_optimizer
-    from timm.scheduler import create_scheduler
-    from timm.utils import NativeScaler
 
     if irpe.RPEIndexFunction is not None:
         raise SystemExit("rpe_ops is built in this environment: record with the pure-PyTorch iRPE path")
@@ -107,16 +104,11 @@ def main() -> None:
     exercise_per_layer_parts(model, PERTURB_SEED)
     args = mini_main.get_args_parser().parse_args([])
     args.model = "mini_deit_small_patch16_224"
-    optimizer = create_optimizer(args, model)
-    scheduler, _ = create_scheduler(args, optimizer)
     ema = {key: value * 0.5 for key, value in model.state_dict().items()}  # a different EMA: 'model' must be read
     folder = options.out / "mini_deit"
     save_main_checkpoint(
         folder / "checkpoint.pth",
         model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=NativeScaler(),
         args=args,
         ema=ema,
         epoch=299,
