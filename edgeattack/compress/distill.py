@@ -27,7 +27,7 @@ from typing import Any
 from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
 from edgeattack.errors import ConfigError, TrainingDivergedError
-from edgeattack.training.loop import LoopConfig, LoopResult, StepDiverged, run_training
+from edgeattack.training.loop import LoopConfig, LoopResult, StepDiverged, loss_progress, run_training
 from edgeattack.zoo.config import ModelConfig
 from edgeattack.zoo.factory import ZooModel, count_parameters, state_dict_sha256
 from edgeattack.zoo.train import TrainConfig, evaluate_accuracy
@@ -167,13 +167,6 @@ def fit_student(
             teacher_out = logits_of(teacher(x))
         return loss_fn(net(x), teacher_out, y)
 
-    def progress(epoch: int, means: dict[str, float], val_figures: dict[str, float] | None) -> None:
-        acc = None if val_figures is None else val_figures["acc"]
-        shown = "" if acc is None else f", val acc {acc:.4f}"
-        logger.info("epoch %d/%d: loss %.4f%s", epoch + 1, config.epochs, means["loss"], shown)
-        if on_epoch is not None:
-            on_epoch(epoch, means["loss"], acc)
-
     loop = LoopConfig.of(
         config, clamp_warmup=True, grad_clip=grad_clip or float("inf"), check_finite=True, max_steps=max_steps
     )
@@ -188,7 +181,7 @@ def fit_student(
             clip_params=[p for p in student.parameters() if p.requires_grad],
             validate=None if val is None else (lambda net: {"acc": evaluate_accuracy(net, val)}),
             after_step=after_step,
-            on_epoch=progress,
+            on_epoch=loss_progress(config.epochs, on_epoch, logger),
         )
     except StepDiverged as stop:
         report = _fit_report(config.epochs, stop.result)

@@ -298,3 +298,19 @@ def _sum_over_ranks(sums: dict[str, float], seen: int, device: str) -> tuple[dic
     dist.all_reduce(totals)
     values = totals.cpu().tolist()
     return dict(zip(keys, values[:-1], strict=True)), int(values[-1])
+
+
+def loss_progress(
+    epochs: int, on_epoch: Callable[[int, float, float | None], None] | None, log: logging.Logger = logger
+) -> Callable[[int, dict[str, float], dict[str, float] | None], None]:
+    """The `on_epoch` hook of a single-loss trainer: log the epoch's mean loss (and validation accuracy),
+    then call `on_epoch(epoch, loss, val_acc)` when given."""
+
+    def progress(epoch: int, means: dict[str, float], val_figures: dict[str, float] | None) -> None:
+        acc = None if val_figures is None else val_figures["acc"]
+        shown = "" if acc is None else f", val acc {acc:.4f}"
+        log.info("epoch %d/%d: loss %.4f%s", epoch + 1, epochs, means["loss"], shown)
+        if on_epoch is not None:
+            on_epoch(epoch, means["loss"], acc)
+
+    return progress

@@ -19,7 +19,7 @@ from edgeattack._lazy import require
 from edgeattack.data.base import ImageDataset
 from edgeattack.errors import ConfigError
 from edgeattack.training.augment import random_shift
-from edgeattack.training.loop import LoopConfig, run_training
+from edgeattack.training.loop import LoopConfig, loss_progress, run_training
 from edgeattack.zoo.factory import ZooModel, count_parameters
 from edgeattack.zoo.manifest import ManifestEntry, write_entry
 
@@ -90,13 +90,6 @@ def train_model(
     def step(net: Any, x: Any, y: Any) -> tuple[Any, dict[str, Any]]:
         return criterion(net(x), y), {}
 
-    def progress(epoch: int, means: dict[str, float], val_figures: dict[str, float] | None) -> None:
-        acc = None if val_figures is None else val_figures["acc"]
-        shown = "" if acc is None else f", val acc {acc:.4f}"
-        logger.info("epoch %d/%d: loss %.4f%s", epoch + 1, config.epochs, means["loss"], shown)
-        if on_epoch is not None:
-            on_epoch(epoch, means["loss"], acc)
-
     result = run_training(
         model,
         train,
@@ -104,7 +97,7 @@ def train_model(
         lambda: torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
         LoopConfig.of(config),
         validate=None if val is None else (lambda net: {"acc": evaluate_accuracy(net, val)}),
-        on_epoch=progress,
+        on_epoch=loss_progress(config.epochs, on_epoch, logger),
     )
     return TrainReport(
         epochs=config.epochs,
