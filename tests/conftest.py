@@ -26,6 +26,17 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def module_one_thread():
+    """One torch thread again for a module whose tests time or sum on tiny models, whatever an earlier
+    module left set (`one_torch_thread` sets it once per session); restored after the module."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def model():
     """The shipped vit_tiny_digits (read-only: tests must not modify it)."""

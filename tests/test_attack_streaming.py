@@ -24,12 +24,7 @@ from edgeattack.zoo.factory import ZooModel, create_model
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("module_one_thread")
 
 
 @pytest.fixture(scope="module")

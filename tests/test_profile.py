@@ -33,12 +33,7 @@ from edgeattack.zoo.profile import arch_of, flops_of, profile_model
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("module_one_thread")
 
 
 PAPER = {  # name: (params, fp32 "M" as printed, int8 MB)

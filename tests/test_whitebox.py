@@ -41,13 +41,7 @@ from edgeattack.zoo.manifest import read_manifest
 STRONG = 32 / 255  # an eps at which the small MLP is clearly breakable
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest, and reproducibly, on one thread (two threads thrash on a busy box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("module_one_thread")
 
 
 def _mlp(seed: int, name: str) -> ZooModel:
